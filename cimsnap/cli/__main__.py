@@ -1,0 +1,3 @@
+from cimsnap.cli.main import main
+
+raise SystemExit(main())
