@@ -1,0 +1,92 @@
+"""What a Windows layer tar holds, as Python values: entry kinds, metadata, entries."""
+
+from __future__ import annotations
+
+import enum
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cimsnap.formats.wintar.ea import ExtendedAttribute, encode_ea_buffer
+from cimsnap.formats.wintar.times import FileTimes
+
+
+class EntryKind(enum.StrEnum):
+    FILE = "file"
+    DIRECTORY = "directory"
+    SYMLINK = "symlink"  # a symlink or a mount point (see WinTarEntry.is_mount_point)
+    HARDLINK = "hardlink"
+    STREAM = "stream"  # an alternate data stream of the entry just before it
+    WHITEOUT = "whiteout"  # path is the file or directory removed from the parent layers
+    OPAQUE_WHITEOUT = "opaque_whiteout"  # path is a directory whose parent content is hidden
+
+
+@dataclass(frozen=True)
+class WinMetadata:
+    """The Win32 metadata a layer tar keeps for a file, directory or symlink."""
+
+    attributes: int
+    times: FileTimes
+    security_descriptor: bytes | None = None
+    eas: tuple[ExtendedAttribute, ...] = ()
+
+
+class EntryData(io.RawIOBase):
+    """The data of one entry: a readable stream valid until the reader moves on."""
+
+    def __init__(self, readinto: Callable[[memoryview], int], size: int, valid: Callable[[], bool]):
+        super().__init__()
+        self._readinto = readinto
+        self._valid = valid
+        self.size = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        if not self._valid():
+            raise ValueError("entry data is no longer readable: the reader moved to a later entry")
+        return self._readinto(memoryview(buffer))
+
+
+def _no_data() -> EntryData:
+    return EntryData(lambda _buffer: 0, 0, lambda: True)
+
+
+@dataclass
+class WinTarEntry:
+    """One entry of a Windows layer tar, as the layer importer needs it.
+
+    ``path`` is relative to the layer root with backslashes (``Files\\Windows\\win.ini``); for a
+    stream it is the owning file's path and ``stream_name`` the stream (``Zone.Identifier``).
+    Times are FILETIME integers.  ``data`` yields ``size`` bytes for files and streams.
+    """
+
+    kind: EntryKind
+    path: str
+    attributes: int = 0
+    times: FileTimes = field(default_factory=lambda: FileTimes.all_at(0))
+    security_descriptor: bytes | None = None
+    eas: tuple[ExtendedAttribute, ...] = ()
+    size: int = 0
+    link_target: str | None = None
+    is_mount_point: bool = False
+    reparse: bytes | None = None
+    stream_name: str | None = None
+    tar_name: str = field(default="", compare=False)
+    offset: int = field(default=0, compare=False)
+    data: io.RawIOBase = field(default_factory=_no_data, repr=False, compare=False)
+
+    @property
+    def metadata(self) -> WinMetadata:
+        return WinMetadata(self.attributes, self.times, self.security_descriptor, self.eas)
+
+    @property
+    def ea_buffer(self) -> bytes:
+        """The EAs as one FILE_FULL_EA_INFORMATION chain (b"" when there are none)."""
+        return encode_ea_buffer(self.eas)
+
+    @property
+    def stream_path(self) -> str:
+        """``<path>:<stream>`` for a stream entry, else the path."""
+        return f"{self.path}:{self.stream_name}" if self.stream_name else self.path
