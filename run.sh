@@ -12,7 +12,7 @@ cd "$(dirname "$(readlink -f "$0")")"
 # tools that check what cimsnap writes.
 APT_RUNTIME=(python3 python3-venv python3-dev gcc fuse3)
 APT_TEST=(qemu-utils libvhdi-utils gdisk fdisk parted ntfs-3g libhivex-bin python3-hivex
-          containerd tar gzip zstd golang-go python3-samba)
+          containerd tar gzip zstd golang-go python3-samba xfsprogs)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
