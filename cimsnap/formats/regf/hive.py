@@ -1235,16 +1235,16 @@ class Hive:
         U32.pack_into(buf, pos + NK_MAX_VALUE_DATA, max_value_data)
 
     def to_bytes(self) -> bytes:
-        """The hive as a clean primary file (pending changes flushed, sequence numbers bumped)."""
+        """The hive as a clean primary file (pending changes flushed, sequence numbers bumped,
+        hive bins size and checksum updated)."""
         self.flush()
         buf = self._buf
         seq = (max(self.sequence_numbers) + 1) & 0xFFFFFFFF
-        now = self._now()
-        struct.pack_into("<IIQ", buf, 4, seq, seq, now)
+        # the last-written timestamp stays as it is: Windows stopped updating it in 8.1
+        struct.pack_into("<II", buf, 4, seq, seq)
         U32.pack_into(buf, 28, FILE_TYPE_PRIMARY)
         U32.pack_into(buf, 36, self._root_offset)
         U32.pack_into(buf, 40, self._cells.hbins_size)
-        U64.pack_into(buf, BASE_BLOCK_SIZE + 20, now)  # first bin: backup of last written
         U32.pack_into(buf, CHECKSUM_OFFSET, checksum(buf))
         self.dirty = False
         return bytes(buf)
