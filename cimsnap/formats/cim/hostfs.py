@@ -46,7 +46,7 @@ from cimsnap.formats.cim.metadata import (
 )
 from cimsnap.formats.cim.names import Collation, check_name
 from cimsnap.formats.cim.reader import CimFile, CimImage, CimStat
-from cimsnap.formats.cim.writer import CimWriter
+from cimsnap.formats.cim.writer import CimWriter, write_nonzero
 
 XATTR_ATTRIBUTES = "user.cimfs.attributes"
 XATTR_CREATION_TIME = "user.cimfs.creation_time"
@@ -123,14 +123,16 @@ class _Importer:
 
     def add_directory(self, host: Path, image: str) -> None:
         """Add ``host`` (metadata) at ``image`` and everything below it, depth first."""
+        self._add_dir(host, image)
         stack = [(host, image)]
         while stack:
             host_dir, image_dir = stack.pop()
-            st = os.lstat(host_dir)
-            self.writer.add(image_dir or "\\", self._metadata(host_dir, st, is_dir=True))
-            self.stats.directories += 1
             subdirs = self._add_entries(host_dir, image_dir)
             stack.extend(reversed(subdirs))
+
+    def _add_dir(self, host: Path, image: str) -> None:
+        self.writer.add(image or "\\", self._metadata(host, os.lstat(host), is_dir=True))
+        self.stats.directories += 1
 
     def _add_entries(self, host_dir: Path, image_dir: str) -> list[tuple[Path, str]]:
         names = sorted(os.listdir(host_dir))
@@ -156,6 +158,7 @@ class _Importer:
             image = f"{image_dir}\\{name}"
             st = os.lstat(host)
             if stat.S_ISDIR(st.st_mode):
+                self._add_dir(host, image)  # now, so that its stream sidecars find it
                 subdirs.append((host, image))
             elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
                 self._add_file(host, image, st, collation)
@@ -387,10 +390,12 @@ class _Extractor:
 
     def _streams(self, host: Path, st: CimStat) -> None:
         for info in st.streams:
+            sidecar = host.with_name(f"{host.name}{STREAM_SEPARATOR}{info.name}")
             with self.image.open(st.file_id, info.name) as source:
-                _copy_out(
-                    source, host.with_name(f"{host.name}:{info.name}"), info.size, info.sparse
-                )
+                _copy_out(source, sidecar, info.size, info.sparse)
+            # A stream has no times of its own: give the sidecar its file's.
+            with contextlib.suppress(OSError, OverflowError):
+                os.utime(sidecar, ns=_host_times(st))
             self.stats.streams += 1
             self.stats.bytes += info.size
 
@@ -400,10 +405,7 @@ class _Extractor:
             XATTR_LAST_ACCESS_TIME: st.last_access_time,
         }
         with contextlib.suppress(OSError, OverflowError):
-            os.utime(
-                host,
-                ns=(ns_from_filetime(st.last_access_time), ns_from_filetime(st.last_write_time)),
-            )
+            os.utime(host, ns=_host_times(st))
         if self.xattrs:
             after = os.stat(host)
             values: dict[str, bytes] = {
@@ -436,15 +438,14 @@ class _Extractor:
                     ) from None
             # setxattr changes ctime only; re-apply the times in case the filesystem moved them.
             with contextlib.suppress(OSError, OverflowError):
-                os.utime(
-                    host,
-                    ns=(
-                        ns_from_filetime(st.last_access_time),
-                        ns_from_filetime(st.last_write_time),
-                    ),
-                )
+                os.utime(host, ns=_host_times(st))
         if st.attributes & FILE_ATTRIBUTE_READONLY and not is_dir:
             os.chmod(host, 0o444)
+
+
+def _host_times(st: CimStat) -> tuple[int, int]:
+    """(atime, mtime) in ns for os.utime."""
+    return ns_from_filetime(st.last_access_time), ns_from_filetime(st.last_write_time)
 
 
 def _copy_out(source: CimFile, host: Path, size: int, sparse: bool) -> None:
@@ -453,13 +454,11 @@ def _copy_out(source: CimFile, host: Path, size: int, sparse: bool) -> None:
     try:
         if not sparse:
             position = 0
-            zeros = bytes(COPY_CHUNK)
             while position < size:
                 chunk = source.pread(min(COPY_CHUNK, size - position), position)
                 if not chunk:
                     break
-                if chunk != zeros[: len(chunk)]:
-                    os.pwrite(fd, chunk, position)
+                write_nonzero(fd, chunk, position)  # zero pages stay holes
                 position += len(chunk)
         os.ftruncate(fd, size)
     finally:

@@ -8,6 +8,7 @@ unit through the image's upcase table (reference "Link table").  Limits: 255 uni
 
 from __future__ import annotations
 
+import functools
 import sys
 from array import array
 from collections.abc import Sequence
@@ -86,6 +87,11 @@ class Collation:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Collation:
+        """The collation of an on-disk table (cached: images share a handful of tables)."""
+        return _collation_from_bytes(raw)
+
+    @classmethod
+    def _from_bytes(cls, raw: bytes) -> Collation:
         table = array("H")
         table.frombytes(raw)
         if sys.byteorder == "big":
@@ -113,3 +119,8 @@ class Collation:
 def _units(name: str) -> list[int]:
     raw = encode_name(name)
     return [int.from_bytes(raw[i : i + 2], "little") for i in range(0, len(raw), 2)]
+
+
+@functools.lru_cache(maxsize=8)
+def _collation_from_bytes(raw: bytes) -> Collation:
+    return Collation._from_bytes(raw)

@@ -98,9 +98,9 @@ _DETERMINISTIC_NAMESPACE = uuid.UUID("5f1e0c1a-7d0b-4c52-9c55-63696d736e61")
 
 def default_collation() -> Collation:
     """The upcase table a new image gets (the generated NTFS-style table)."""
-    from cimsnap.formats.upcase import upcase_table  # shared with the NTFS formatter
+    from cimsnap.formats.upcase import upcase_table_bytes  # shared with the NTFS formatter
 
-    return Collation(upcase_table())
+    return Collation.from_bytes(upcase_table_bytes())
 
 
 def _align(value: int, alignment: int) -> int:
@@ -668,7 +668,7 @@ class CimWriter:
         region = self._regions[OWN_REGION_TYPES.index(RegionType.DATA)]
         start = region.next_offset()
         hasher = hashlib.sha512(head)
-        all_zero = not _write_nonzero(region.fd, head, start)
+        all_zero = not write_nonzero(region.fd, head, start)
         position = start + len(head)
         remaining = None if size is None else size - len(head)
         buffer = bytearray(COPY_CHUNK)
@@ -690,7 +690,7 @@ class CimWriter:
                     break
                 chunk = buffer if got == COPY_CHUNK else buffer[:got]
                 hasher.update(chunk)
-                if _write_nonzero(region.fd, chunk, position):
+                if write_nonzero(region.fd, chunk, position):
                     all_zero = False
                 position += got
                 if remaining is not None:
@@ -897,7 +897,7 @@ def _readinto(data: BinaryIO, view: memoryview) -> int:
     return len(chunk)
 
 
-def _write_nonzero(fd: int, chunk: bytes | bytearray, position: int) -> bool:
+def write_nonzero(fd: int, chunk: bytes | bytearray, position: int) -> bool:
     """Write ``chunk`` at ``position`` except its all-zero pages; False if it is all zeros.
 
     Everything past the region's current end reads as zeros already (the file ends there), so
