@@ -109,6 +109,7 @@ class WinTarReader:
 
     def _classify(self, member: TarMember) -> WinTarEntry:
         name = member.name
+        paths.split_components(name)  # absolute paths, drive letters, "..", NUL: before all else
         base = name.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
         if base.startswith(WHITEOUT_PREFIX):
             self._owner = None

@@ -176,7 +176,11 @@ ACL_FLAGS = {"P": 0, "AR": 1, "AI": 2}  # printed in this order
 _DACL_CONTROL = (SE_DACL_PROTECTED, SE_DACL_AUTO_INHERIT_REQ, SE_DACL_AUTO_INHERITED)
 _SACL_CONTROL = (SE_SACL_PROTECTED, SE_SACL_AUTO_INHERIT_REQ, SE_SACL_AUTO_INHERITED)
 
-_SID_STRING = re.compile(r"[Ss]-1(?:-(?:0[xX][0-9A-Fa-f]+|[0-9]+))+")
+# Hex authorities are printed with exactly 12 digits; taking 12 first keeps a following "D:"
+# from being read as a hex digit.
+_SID_STRING = re.compile(
+    r"[Ss]-1-(?:0[xX][0-9A-Fa-f]{12}|0[xX][0-9A-Fa-f]{1,11}|[0-9]+)(?:-[0-9]+)*"
+)
 _NUMBER = re.compile(r"0[xX][0-9A-Fa-f]+|0[0-7]*|[1-9][0-9]*")
 
 

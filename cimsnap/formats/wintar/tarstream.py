@@ -429,7 +429,10 @@ def header_checksums(block: bytes) -> tuple[int, int]:
 
 
 def _parse_block(block: bytes, offset: int, reader: TarReader) -> _RawHeader:
-    stored = _parse_number(_field(block, F_CHKSUM), "checksum", offset, reader)
+    try:
+        stored = _parse_number(_field(block, F_CHKSUM), "checksum", offset, reader)
+    except WinTarError:
+        stored = -1
     if stored not in header_checksums(block):
         raise reader.error("bad tar header checksum (corrupt or not a tar stream)", offset)
     magic = _field(block, F_MAGIC)
