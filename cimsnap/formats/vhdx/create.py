@@ -105,7 +105,7 @@ def layout(
             RegionEntry(METADATA_REGION_GUID, METADATA_OFFSET, METADATA_LENGTH, True),
         ]
     ).pack()
-    used = len(table.rstrip(b"\0"))
+    used = 16 + 32 * 2  # the table header and its two entries; the rest is zero
     for off in REGION_TABLE_OFFSETS:
         pieces.append((off, table[:used]))
 

@@ -7,6 +7,7 @@ entries comes the entry of the sector bitmap block that describes those blocks' 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from cimsnap.formats.vhdx.structs import BAT_ENTRY_SIZE, REGION_ALIGNMENT, SECTORS_PER_CHUNK
 
@@ -22,24 +23,24 @@ class Geometry:
     logical_sector_size: int
     has_parent: bool
 
-    @property
+    @cached_property
     def chunk_ratio(self) -> int:
         """Payload blocks described by one sector bitmap block."""
         return SECTORS_PER_CHUNK * self.logical_sector_size // self.block_size
 
-    @property
+    @cached_property
     def sectors_per_block(self) -> int:
         return self.block_size // self.logical_sector_size
 
-    @property
+    @cached_property
     def data_blocks(self) -> int:
         return -(-self.virtual_size // self.block_size)
 
-    @property
+    @cached_property
     def bitmap_blocks(self) -> int:
         return -(-self.data_blocks // self.chunk_ratio)
 
-    @property
+    @cached_property
     def bat_entries(self) -> int:
         """Total BAT entries (2.5: differencing disks cover every chunk's bitmap entry)."""
         if self.has_parent:
@@ -48,11 +49,11 @@ class Geometry:
             return 0
         return self.data_blocks + (self.data_blocks - 1) // self.chunk_ratio
 
-    @property
+    @cached_property
     def bat_bytes(self) -> int:
         return self.bat_entries * BAT_ENTRY_SIZE
 
-    @property
+    @cached_property
     def bat_region_length(self) -> int:
         return max(REGION_ALIGNMENT, align_up(self.bat_bytes, REGION_ALIGNMENT))
 

@@ -146,23 +146,27 @@ def _check_file(disk: VhdxDisk) -> None:
         for unit in range(start // MiB, min(units, (start + length) // MiB)):
             owner[unit] = -2
     bat_base = disk.bat_region.file_offset
-    chunk_has_bitmap: dict[int, bool] = {}
+    per_chunk = geom.chunk_ratio + 1
+    chunk_has_bitmap: set[int] = set()
+    partial: list[int] = []
     for index, entry in disk.iter_bat():
+        if entry == 0:
+            continue  # not present, offset zero: nothing to check (the common case)
         where = bat_base + index * BAT_ENTRY_SIZE
-        state = bat_state(entry)
+        state = entry & 7
         if entry & BAT_RESERVED_MASK:
             raise VhdxError(
                 f"BAT entry {index} has reserved bits set", path=disk.path, offset=where
             )
-        if geom.is_bitmap_index(index):
+        if index % per_chunk == per_chunk - 1:
             if state not in (SB_BLOCK_NOT_PRESENT, SB_BLOCK_PRESENT):
                 raise VhdxError(
                     f"BAT entry {index} has invalid sector bitmap state {state}",
                     path=disk.path,
                     offset=where,
                 )
-            chunk_has_bitmap[index // (geom.chunk_ratio + 1)] = state == SB_BLOCK_PRESENT
             if state == SB_BLOCK_PRESENT:
+                chunk_has_bitmap.add(index // per_chunk)
                 _claim(disk, owner, index, bat_offset(entry), SECTOR_BITMAP_BLOCK_SIZE)
             continue
         if state not in PAYLOAD_STATES:
@@ -170,23 +174,22 @@ def _check_file(disk: VhdxDisk) -> None:
                 f"BAT entry {index} has invalid payload state {state}", path=disk.path, offset=where
             )
         if state in (PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_PARTIALLY_PRESENT):
-            if state == PAYLOAD_BLOCK_PARTIALLY_PRESENT and not disk.is_differencing:
-                raise VhdxError(
-                    f"BAT entry {index} is partially present in a disk without a parent",
-                    path=disk.path,
-                    offset=where,
-                )
+            if state == PAYLOAD_BLOCK_PARTIALLY_PRESENT:
+                if not disk.is_differencing:
+                    raise VhdxError(
+                        f"BAT entry {index} is partially present in a disk without a parent",
+                        path=disk.path,
+                        offset=where,
+                    )
+                partial.append(index)
             _claim(disk, owner, index, bat_offset(entry), disk.block_size)
-    if disk.is_differencing:
-        for index, entry in disk.iter_bat():
-            if geom.is_bitmap_index(index) or bat_state(entry) != PAYLOAD_BLOCK_PARTIALLY_PRESENT:
-                continue
-            if not chunk_has_bitmap.get(index // (geom.chunk_ratio + 1), False):
-                raise VhdxError(
-                    f"BAT entry {index} is partially present but its chunk has no sector bitmap",
-                    path=disk.path,
-                    offset=bat_base + index * BAT_ENTRY_SIZE,
-                )
+    for index in partial:
+        if index // per_chunk not in chunk_has_bitmap:
+            raise VhdxError(
+                f"BAT entry {index} is partially present but its chunk has no sector bitmap",
+                path=disk.path,
+                offset=bat_base + index * BAT_ENTRY_SIZE,
+            )
 
 
 def _claim(disk: VhdxDisk, owner: array.array[int], index: int, offset: int, length: int) -> None:
