@@ -34,8 +34,15 @@ class WinMetadata:
 class EntryData(io.RawIOBase):
     """The data of one entry: a readable stream valid until the reader moves on."""
 
-    def __init__(self, readinto: Callable[[memoryview], int], size: int, valid: Callable[[], bool]):
+    def __init__(
+        self,
+        read: Callable[[int], bytes],
+        readinto: Callable[[memoryview], int],
+        size: int,
+        valid: Callable[[], bool],
+    ) -> None:
         super().__init__()
+        self._read = read
         self._readinto = readinto
         self._valid = valid
         self.size = size
@@ -43,14 +50,25 @@ class EntryData(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+    def _check(self) -> None:
         if not self._valid():
             raise ValueError("entry data is no longer readable: the reader moved to a later entry")
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (the rest when negative or None); b"" at the end."""
+        self._check()
+        return self._read(-1 if size is None else size)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        self._check()
         return self._readinto(memoryview(buffer))
 
 
 def _no_data() -> EntryData:
-    return EntryData(lambda _buffer: 0, 0, lambda: True)
+    return EntryData(lambda _size: b"", lambda _buffer: 0, 0, lambda: True)
 
 
 @dataclass

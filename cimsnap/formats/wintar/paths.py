@@ -63,7 +63,7 @@ def split_components(name: str) -> list[str]:
         raise UnsafePathError("name is not valid UTF-8") from None
     if name[0] in "/\\":
         raise UnsafePathError("absolute path")
-    parts = re.split(r"[/\\]", name)
+    parts = name.replace("\\", "/").split("/")
     if parts and parts[-1] == "" and len(parts) > 1:
         parts.pop()  # one trailing separator: a directory name
     while parts and parts[0] == ".":
@@ -77,9 +77,9 @@ def split_components(name: str) -> list[str]:
             raise UnsafePathError("empty path component")
         if part in (".", ".."):
             raise UnsafePathError(f"{part!r} component in name")
-        if utf16_units(part) > MAX_NAME_UNITS:
+        if len(part) > MAX_NAME_UNITS // 2 and utf16_units(part) > MAX_NAME_UNITS:
             raise UnsafePathError(f"a component is longer than {MAX_NAME_UNITS} characters")
-    if utf16_units("\\".join(parts)) > MAX_PATH_UNITS:
+    if len(name) > MAX_PATH_UNITS // 2 and utf16_units("\\".join(parts)) > MAX_PATH_UNITS:
         raise UnsafePathError(f"path is longer than {MAX_PATH_UNITS} characters")
     return parts
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 from collections.abc import Iterator
 from typing import BinaryIO, NoReturn
@@ -95,7 +96,12 @@ class WinTarReader:
 
     def _data(self, size: int) -> EntryData:
         generation = self._generation
-        return EntryData(self._tar.readinto_data, size, lambda: generation == self._generation)
+        return EntryData(
+            self._tar.read_data,
+            self._tar.readinto_data,
+            size,
+            lambda: generation == self._generation,
+        )
 
     def _entry(self, member: TarMember) -> WinTarEntry:
         try:
@@ -254,16 +260,13 @@ class WinTarReader:
     def _security_descriptor(self, member: TarMember) -> bytes | None:
         raw = member.pax.get(PAX_RAW_SD)
         if raw is not None:
-            sd = _base64(raw)
+            sd = _checked_raw_sd(raw)
             if sd is None:
                 self._fail(member, f"{PAX_RAW_SD} is not valid base64")
-            if not sd:
-                return None
-            parse_security_descriptor(sd)
-            return sd
+            return sd or None
         sddl = member.pax.get(PAX_SDDL_SD)
         if sddl:
-            return sddl_to_sd(sddl)
+            return _sddl_to_sd_cached(sddl)
         return None
 
     def _eas(self, member: TarMember) -> tuple[ExtendedAttribute, ...]:
@@ -281,6 +284,21 @@ class WinTarReader:
             eas.append(ExtendedAttribute(ea_name, data))
         check_unique_names(eas)
         return tuple(eas)
+
+
+# Layers repeat a handful of security descriptors thousands of times: decode and check each
+# distinct record once.  (Exceptions are not cached, so a bad record fails every time.)
+@functools.lru_cache(maxsize=1024)
+def _checked_raw_sd(text: str) -> bytes | None:
+    sd = _base64(text)
+    if sd:
+        parse_security_descriptor(sd)
+    return sd
+
+
+@functools.lru_cache(maxsize=256)
+def _sddl_to_sd_cached(text: str) -> bytes:
+    return sddl_to_sd(text)
 
 
 def _base64(text: str) -> bytes | None:

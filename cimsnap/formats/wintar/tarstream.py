@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -62,6 +63,10 @@ F_GNU_CTIME = (357, 12)
 # star format (ustar magic plus "tar\0" trailer): 131-byte prefix, then times.
 F_STAR_PREFIX = (345, 131)
 F_STAR_TRAILER = (508, 4)
+
+# The whole ustar header in one unpack: name, mode, uid, gid, size, mtime, chksum, typeflag,
+# linkname, magic, version, uname, gname, devmajor, devminor, prefix, padding.
+USTAR_HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12s")
 
 MAGIC_USTAR = b"ustar\x00"
 VERSION_USTAR = b"00"
@@ -102,7 +107,8 @@ PAX_GNU_SPARSE_PREFIX = "GNU.sparse."
 # Name Go's writer gives the extended header of "dir/file": "dir/PaxHeaders.0/file".
 PAX_HEADER_DIR = "PaxHeaders.0"
 
-_OCTAL = re.compile(rb"[0-7]+")
+_OCTAL_DIGITS = b"01234567"
+_HIGH_BYTES = bytes(range(0x80, 0x100))
 _DECIMAL = re.compile(r"[+-]?[0-9]+")
 
 
@@ -407,7 +413,7 @@ def _parse_number(raw: bytes, what: str, offset: int, reader: TarReader) -> int:
     digits = _cstring(raw.strip(b" \x00"))
     if not digits:
         return 0
-    if _OCTAL.fullmatch(digits) is None:
+    if digits.translate(None, _OCTAL_DIGITS):
         raise reader.error(f"header field {what} is not an octal number: {raw!r}", offset)
     return int(digits, 8)
 
@@ -422,44 +428,60 @@ def _decode_name(raw: bytes, offset: int, reader: TarReader) -> str:
 def header_checksums(block: bytes) -> tuple[int, int]:
     """(unsigned, signed) sums of a header block with the checksum field read as spaces."""
     start, length = F_CHKSUM
-    unsigned = sum(block) - sum(block[start : start + length]) + 0x20 * length
-    signed = unsigned - 256 * sum(1 for b in block if b >= 0x80)
-    signed += 256 * sum(1 for b in block[start : start + length] if b >= 0x80)
-    return unsigned, signed
+    field = block[start : start + length]
+    unsigned = sum(block) - sum(field) + 0x20 * length
+    high = len(block) - len(block.translate(None, _HIGH_BYTES))
+    high -= len(field) - len(field.translate(None, _HIGH_BYTES))
+    return unsigned, unsigned - 256 * high
 
 
 def _parse_block(block: bytes, offset: int, reader: TarReader) -> _RawHeader:
+    (
+        raw_name,
+        raw_mode,
+        _uid,
+        _gid,
+        raw_size,
+        raw_mtime,
+        raw_chksum,
+        raw_type,
+        raw_linkname,
+        magic,
+        version,
+        _uname,
+        _gname,
+        _devmajor,
+        _devminor,
+        raw_prefix,
+        _pad,
+    ) = USTAR_HEADER.unpack(block)
     try:
-        stored = _parse_number(_field(block, F_CHKSUM), "checksum", offset, reader)
+        stored = _parse_number(raw_chksum, "checksum", offset, reader)
     except WinTarError:
         stored = -1
-    if stored not in header_checksums(block):
+    unsigned = sum(block) - sum(raw_chksum) + 0x20 * F_CHKSUM[1]
+    if stored != unsigned and stored != header_checksums(block)[1]:
         raise reader.error("bad tar header checksum (corrupt or not a tar stream)", offset)
-    magic = _field(block, F_MAGIC)
-    version = _field(block, F_VERSION)
-    name = _decode_name(_cstring(_field(block, F_NAME)), offset, reader)
+    name = _decode_name(_cstring(raw_name), offset, reader)
     atime = ctime = 0
     if magic == MAGIC_USTAR:
         if _field(block, F_STAR_TRAILER) == TRAILER_STAR:
-            prefix_raw = _field(block, F_STAR_PREFIX)
-        else:
-            prefix_raw = _field(block, F_PREFIX)
-        prefix = _decode_name(_cstring(prefix_raw), offset, reader)
-        if prefix:
-            name = prefix + "/" + name
+            raw_prefix = _field(block, F_STAR_PREFIX)
+        if raw_prefix[0]:
+            name = _decode_name(_cstring(raw_prefix), offset, reader) + "/" + name
     elif magic == MAGIC_GNU and version == VERSION_GNU:
         atime = _parse_number(_field(block, F_GNU_ATIME), "atime", offset, reader)
         ctime = _parse_number(_field(block, F_GNU_CTIME), "ctime", offset, reader)
-    size = _parse_number(_field(block, F_SIZE), "size", offset, reader)
+    size = _parse_number(raw_size, "size", offset, reader)
     if size < 0:
         raise reader.error(f"negative entry size {size}", offset)
     return _RawHeader(
         name=name,
-        linkname=_decode_name(_cstring(_field(block, F_LINKNAME)), offset, reader),
-        typeflag=chr(block[F_TYPEFLAG[0]]),
-        mode=_parse_number(_field(block, F_MODE), "mode", offset, reader),
+        linkname=_decode_name(_cstring(raw_linkname), offset, reader) if raw_linkname[0] else "",
+        typeflag=raw_type.decode("latin-1"),
+        mode=_parse_number(raw_mode, "mode", offset, reader),
         size=size,
-        mtime=_parse_number(_field(block, F_MTIME), "mtime", offset, reader),
+        mtime=_parse_number(raw_mtime, "mtime", offset, reader),
         atime=atime,
         ctime=ctime,
     )

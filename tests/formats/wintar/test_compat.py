@@ -362,3 +362,12 @@ def test_tar_layer_reads_gnu_tar_archives(tmp_path: Path, fmt: str) -> None:
     files = [e for e in entries if e[1] in ("Files\\plain.txt", "Files\\hard.txt")]
     assert len(links) == 1 and len(files) == 2
     assert {links[0][1], links[0][2]} == {"Files\\plain.txt", "Files\\hard.txt"}
+
+
+def test_reading_and_rewriting_an_hcsshim_tar_reproduces_its_bytes(gotar: GoTar) -> None:
+    original = gotar("write", _hcsshim_specs())
+    copy = io.BytesIO()
+    with WinTarWriter(copy) as writer:
+        for entry in WinTarReader(io.BytesIO(original), "go.tar"):
+            writer.add_entry(entry)
+    assert copy.getvalue() == original
