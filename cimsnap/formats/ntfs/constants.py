@@ -1,0 +1,101 @@
+"""NTFS 3.1 numbers: system file records, attribute types, flags, collation rules.
+
+Values as documented by the Linux-NTFS project ("NTFS documentation", ntfs-3g ``layout.h``) and
+Microsoft's public headers (FILE_ATTRIBUTE_*, winnt.h).  Named once here, used everywhere else.
+"""
+
+from __future__ import annotations
+
+# System files: MFT record numbers (records 12-15 are reserved, 16-23 reserved for the MFT's own
+# extension records, 24+ are ordinary; Windows puts $Extend's children first).
+MFT = 0
+MFTMIRR = 1
+LOGFILE = 2
+VOLUME = 3
+ATTRDEF = 4
+ROOT = 5
+BITMAP = 6
+BOOT = 7
+BADCLUS = 8
+SECURE = 9
+UPCASE = 10
+EXTEND = 11
+FIRST_RESERVED = 12
+FIRST_MFT_EXTENSION = 16
+FIRST_NORMAL = 24
+
+# Attribute type codes.
+AT_STANDARD_INFORMATION = 0x10
+AT_ATTRIBUTE_LIST = 0x20
+AT_FILE_NAME = 0x30
+AT_OBJECT_ID = 0x40
+AT_SECURITY_DESCRIPTOR = 0x50
+AT_VOLUME_NAME = 0x60
+AT_VOLUME_INFORMATION = 0x70
+AT_DATA = 0x80
+AT_INDEX_ROOT = 0x90
+AT_INDEX_ALLOCATION = 0xA0
+AT_BITMAP = 0xB0
+AT_REPARSE_POINT = 0xC0
+AT_EA_INFORMATION = 0xD0
+AT_EA = 0xE0
+AT_LOGGED_UTILITY_STREAM = 0x100
+AT_END = 0xFFFFFFFF
+
+# MFT record header flags.
+RECORD_IN_USE = 0x0001
+RECORD_IS_DIRECTORY = 0x0002
+RECORD_IN_EXTEND = 0x0004
+RECORD_IS_VIEW_INDEX = 0x0008
+
+# File attribute flags ($STANDARD_INFORMATION, $FILE_NAME, Win32 FILE_ATTRIBUTE_*).
+FILE_ATTRIBUTE_READONLY = 0x0001
+FILE_ATTRIBUTE_HIDDEN = 0x0002
+FILE_ATTRIBUTE_SYSTEM = 0x0004
+FILE_ATTRIBUTE_DIRECTORY = 0x0010
+FILE_ATTRIBUTE_ARCHIVE = 0x0020
+FILE_ATTRIBUTE_NORMAL = 0x0080
+FILE_ATTRIBUTE_SPARSE_FILE = 0x0200
+FILE_ATTRIBUTE_REPARSE_POINT = 0x0400
+FILE_ATTRIBUTE_COMPRESSED = 0x0800
+# Only in $FILE_NAME / index keys: the file has a $I30 index / a view index.
+FILE_NAME_INDEX_PRESENT = 0x10000000
+VIEW_INDEX_PRESENT = 0x20000000
+
+# Attribute record flags.
+ATTR_COMPRESSED = 0x0001
+ATTR_ENCRYPTED = 0x4000
+ATTR_SPARSE = 0x8000
+RESIDENT_INDEXED = 0x01
+
+# $FILE_NAME namespaces.
+NAMESPACE_POSIX = 0
+NAMESPACE_WIN32 = 1
+NAMESPACE_DOS = 2
+NAMESPACE_WIN32_AND_DOS = 3
+
+# Collation rules of indexes.
+COLLATION_BINARY = 0x00
+COLLATION_FILE_NAME = 0x01
+COLLATION_UNICODE_STRING = 0x02
+COLLATION_NTOFS_ULONG = 0x10
+COLLATION_NTOFS_SID = 0x11
+COLLATION_NTOFS_SECURITY_HASH = 0x12
+COLLATION_NTOFS_ULONGS = 0x13
+
+# Index entry flags and index header flags.
+INDEX_ENTRY_NODE = 0x01
+INDEX_ENTRY_END = 0x02
+INDEX_HEADER_LARGE = 0x01
+
+# $VOLUME_INFORMATION flags.
+VOLUME_IS_DIRTY = 0x0001
+
+# NTFS protects multi-sector records in 512-byte strides whatever the device sector size.
+FIXUP_STRIDE = 512
+
+# First security id handed out by $Secure.
+FIRST_SECURITY_ID = 0x100
+# Quota owner id of the defaults entry in $Quota:$Q.
+QUOTA_DEFAULTS_ID = 1
+QUOTA_FLAG_DEFAULT_LIMITS = 0x0001
