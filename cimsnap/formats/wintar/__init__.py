@@ -32,7 +32,7 @@ paths stay inside ``Files``/``Hives``/``UtilityVM\\Files`` (no absolute paths, d
 entries follow their file, header checksums, short data, PAX record syntax and sizes (1 MiB),
 security descriptor structure, base64, times and attributes.  Errors carry the tar name, the
 entry's header offset and its name.  After the end-of-archive marker the reader stops reading;
-callers that hash the whole stream should drain it themselves.
+callers that hash the whole stream call ``reader.drain()`` to consume the rest.
 
 Writing::
 

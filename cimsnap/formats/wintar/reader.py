@@ -83,6 +83,10 @@ class WinTarReader:
     def position(self) -> int:
         return self._tar.position
 
+    def drain(self) -> int:
+        """After iterating: read what follows the end-of-archive marker; bytes read."""
+        return self._tar.drain()
+
     def __iter__(self) -> Iterator[WinTarEntry]:
         while True:
             member = self._tar.next()

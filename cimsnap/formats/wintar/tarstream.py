@@ -236,6 +236,18 @@ class TarReader:
     def data_remaining(self) -> int:
         return self._remaining
 
+    def drain(self) -> int:
+        """Read the stream to its end (after the archive: record padding); bytes read.
+
+        The archive ends at its zero blocks, but a digest of the whole stream (containerd
+        verifies one) needs every byte, e.g. GNU tar's padding to 10 KiB records.
+        """
+        total = 0
+        while chunk := self._file.read(_COPY_CHUNK):
+            total += len(chunk)
+        self._pos += total
+        return total
+
     # -- headers -----------------------------------------------------------------------------
 
     def next(self) -> TarMember | None:
@@ -274,13 +286,9 @@ class TarReader:
             if typeflag in (TYPE_XHEADER, TYPE_XGLOBAL):
                 records = _parse_pax(self._read_special(header, offset), offset, self)
                 if typeflag == TYPE_XHEADER:
-                    local.update(records)
+                    local = records  # a later x header replaces an earlier one, as in Go
                 else:
-                    for key, value in records.items():
-                        if value == "":
-                            self._global.pop(key, None)
-                        else:
-                            self._global[key] = value
+                    self._merge_global(records, offset)
                     first_offset = None
                 continue
             if typeflag in (TYPE_GNU_LONGNAME, TYPE_GNU_LONGLINK):
@@ -295,6 +303,16 @@ class TarReader:
             self._remaining = member.size
             self._padding = block_padding(member.size)
             return member
+
+    def _merge_global(self, records: dict[str, str], offset: int) -> None:
+        """Apply a global (g) header: its records hold for every later entry; empty deletes."""
+        for key, value in records.items():
+            if value == "":
+                self._global.pop(key, None)
+            else:
+                self._global[key] = value
+        if sum(len(k) + len(v) for k, v in self._global.items()) > MAX_SPECIAL_FILE_SIZE:
+            raise self.error(f"global PAX records exceed {MAX_SPECIAL_FILE_SIZE} bytes", offset)
 
     def _finish(self, offset: int) -> None:
         """Consume the end-of-archive marker's second block when it is there."""

@@ -354,7 +354,12 @@ def test_tar_layer_reads_gnu_tar_archives(tmp_path: Path, fmt: str) -> None:
         check=True,
     )
     with archive.open("rb") as f:
-        entries = [(e.kind, e.path, e.link_target, e.data.read()) for e in WinTarReader(f)]
+        reader = WinTarReader(f)
+        entries = [(e.kind, e.path, e.link_target, e.data.read()) for e in reader]
+        # GNU tar pads to 10 KiB records; drain() consumes the padding after the marker.
+        padding = reader.drain()
+        assert reader.position == archive.stat().st_size
+        assert archive.stat().st_size % 10240 == 0 and padding >= 0
     deep_path = "Files\\" + "a" * 60 + "\\" + "b" * 60
     assert (EntryKind.FILE, deep_path + "\\file.txt", None, b"deep data") in entries
     assert (EntryKind.DIRECTORY, deep_path, None, b"") in entries

@@ -479,3 +479,18 @@ def test_corrupted_streams_fail_cleanly(flips: list[tuple[int, int]], cut: int |
         read_all(bytes(data))
     except WinTarError as exc:
         assert "\n" not in str(exc)
+
+
+def test_repeated_extended_headers_do_not_accumulate() -> None:
+    """Like Go, a later x header replaces an earlier one; global records are capped."""
+    first = raw_entry("x1", TYPE_XHEADER, format_pax_record("MSWINDOWS.fileattr", "32"))
+    second = raw_entry("x2", TYPE_XHEADER, format_pax_record("MSWINDOWS.xattr.A", "AA=="))
+    entry = list(
+        WinTarReader(io.BytesIO(FILES_DIR + first + second + raw_entry("Files/f", "0") + END))
+    )[1]
+    assert entry.attributes == 0 and [ea.name for ea in entry.eas] == ["A"]
+    big = format_pax_record("k" * 10, "v" * 600_000)
+    globals_ = raw_entry("g1", TYPE_XGLOBAL, big) + raw_entry(
+        "g2", TYPE_XGLOBAL, format_pax_record("k" * 11, "v" * 600_000)
+    )
+    refuse(globals_ + END, "global PAX records exceed")
