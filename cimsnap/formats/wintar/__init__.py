@@ -36,7 +36,7 @@ callers that hash the whole stream call ``reader.drain()`` to consume the rest.
 
 Writing::
 
-    from cimsnap.formats.wintar import WinTarWriter, WinMetadata, FileTimes
+    from cimsnap.formats.wintar import FileTimes, WinMetadata, WinTarWriter, sddl_to_sd
     meta = WinMetadata(attributes=0x20, times=FileTimes.all_at(133_000_000_000_000_000),
                        security_descriptor=sddl_to_sd("O:BAG:SYD:(A;;FA;;;SY)"))
     with WinTarWriter(out) as w:
@@ -45,7 +45,9 @@ Writing::
         w.add_stream("Files\\a.txt", "Zone.Identifier", b"[ZoneTransfer]")
         w.add_symlink("Files\\link", meta, "a.txt")           # mount_point=True for junctions
         w.add_hardlink("Files\\b.txt", "Files\\a.txt", meta)
-        w.add_whiteout("Files\\old.txt")
+        w.add_whiteout("Files\\old.txt")                  # and add_opaque_whiteout(dir)
+    # add_entry(entry) writes an entry read by WinTarReader (copying a layer).
+    # WinTarWriter(out, stream_data_suffix=True) names streams "<file>:<stream>:$DATA".
 
 The output matches hcsshim's exporter byte for byte (see writer.py for the header layout), and
 reading it back gives the same entries.  Helpers: :func:`sddl_to_sd`, :func:`sd_to_sddl`,

@@ -35,7 +35,10 @@ def gotar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GoTar]:
         "GOPATH": str(work / "gopath"),
         "GO111MODULE": "off",
         "GOFLAGS": "",
+        "GOENV": "off",
+        "GOTOOLCHAIN": "local",
         "CGO_ENABLED": "0",
+        "HOME": os.environ.get("HOME") or str(work),
     }
     subprocess.run(
         [go, "build", "-o", str(binary), str(GOTAR_SOURCE)],
