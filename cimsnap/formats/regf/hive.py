@@ -489,6 +489,8 @@ class Hive:
 
     def _load(self, image: bytearray, strict: bool) -> None:
         source = self._source
+        if len(image) >= len(REGF_SIGNATURE) and image[:4] != REGF_SIGNATURE:
+            raise RegfError(f"not a registry hive (signature {bytes(image[:4])!r})", path=source)
         if len(image) < BASE_BLOCK_SIZE:
             raise RegfError(
                 f"file is {len(image)} bytes, too small for a hive (truncated?)", path=source
@@ -587,7 +589,7 @@ class Hive:
         """The key at ``path`` (backslashes, case-insensitive, relative to the root)."""
         key = self.find_key(path)
         if key is None:
-            raise NotFoundError(f"key not found: {path}", path=self._source, inner=path)
+            raise NotFoundError(f"key not found: {path}", path=self._source)
         return key
 
     def find_key(self, path: str) -> Key | None:
