@@ -25,8 +25,9 @@ raises :class:`RegfError` (a :class:`cimsnap.errors.FormatError`) naming the fil
 """
 
 from .cells import RegfError
-from .hive import Hive, Key, Value, filetime_to_datetime, write_atomically
+from .hive import Hive, write_atomically
 from .merge import merge_hives, merge_into
+from .records import Key, Value, filetime_to_datetime
 from .structures import LayerSemantics, RegType, parse_type, type_name
 
 __all__ = [

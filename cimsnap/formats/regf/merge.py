@@ -27,7 +27,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .hive import Hive, Key
+from .hive import Hive
+from .records import Key
 from .structures import (
     BASE_BLOCK_SIZE,
     NK_FLAGS,

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .hive import Hive, Key, Value
+from .hive import Hive
+from .records import Key, Value
 from .structures import RegType
 from .values import decode_string, encode_string
 

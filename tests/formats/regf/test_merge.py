@@ -10,6 +10,8 @@ import pytest
 from cimsnap.formats.regf import Hive, Key, LayerSemantics, RegType, merge_hives, merge_into
 from cimsnap.formats.regf.security import ace, acl, security_descriptor
 
+from .readers import cimsnap_raw, dissect_tree
+
 BASE_TIME = 0x01D0_0000_0000_0000
 DELTA_TIME = 0x01D8_0000_0000_0000
 
@@ -127,6 +129,7 @@ def test_merge_hives_files(tmp_path: Path) -> None:
     hive = Hive.open(out)
     assert hive.find_key("Software\\Doomed") is None
     assert hive.key("Software\\App").value("added") is not None
+    assert dissect_tree(out) == cimsnap_raw(out)  # an independent reader agrees
     # the inputs are untouched
     assert Hive.open(tmp_path / "SYSTEM_BASE").find_key("Software\\Doomed") is not None
 
