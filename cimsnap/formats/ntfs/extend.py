@@ -35,6 +35,11 @@ class ExtendResult:
     old_clusters: int
     new_clusters: int
     bitmap_clusters_added: int
+    cluster_size: int
+
+    @property
+    def new_size(self) -> int:
+        return self.new_clusters * self.cluster_size
 
     @property
     def changed(self) -> bool:
@@ -55,7 +60,7 @@ def extend_volume(dev: BlockDevice) -> ExtendResult:
             f"({(boot.total_sectors + 1) * bps} bytes); NTFS volumes are not shrunk here"
         )
     if new_sectors == boot.total_sectors:
-        return ExtendResult(old_clusters, old_clusters, 0)
+        return ExtendResult(old_clusters, old_clusters, 0, cs)
     info = vol.info()
     if info.flags & c.VOLUME_IS_DIRTY:
         raise NtfsError("the volume is marked dirty; check it (chkdsk) before extending it")
@@ -159,7 +164,7 @@ def extend_volume(dev: BlockDevice) -> ExtendResult:
     dev.flush()
     dev.write_at(0, bytes(primary))
     dev.flush()
-    return ExtendResult(old_clusters, new_clusters, added)
+    return ExtendResult(old_clusters, new_clusters, added, cs)
 
 
 def _write_runs(vol: NtfsVolume, runs: list[Run], offset: int, data: bytes) -> None:
