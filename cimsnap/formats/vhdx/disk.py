@@ -30,7 +30,10 @@ Crash safety of writes (why an interrupted write leaves every block old or new):
 
 Writes to blocks already fully present go straight to their place in the file, with no
 metadata: like any disk, such a sector is old or new after a crash, and ``flush()`` is the
-durability barrier.  A disk object is safe to share between threads (one lock per file).
+durability barrier.  A disk opened with ``durable=False`` issues the same writes in the same
+order but without the fsyncs between them (a killed process still leaves a consistent file, a
+power loss before ``flush()``/``close()`` may not).  A disk object is safe to share between
+threads (one lock per file).
 """
 
 from __future__ import annotations
@@ -226,10 +229,11 @@ class VhdxDisk:
     take any byte range inside it.
     """
 
-    def __init__(self, path: Path, *, writable: bool) -> None:
+    def __init__(self, path: Path, *, writable: bool, durable: bool = True) -> None:
         # Everything is set up by _open(); attributes are declared here for readers and mypy.
         self.path = path
         self.writable = writable
+        self.durable = durable
         self.parent: VhdxDisk | None = None
         self.parent_path: Path | None = None
         self._lock = threading.RLock()
@@ -251,7 +255,7 @@ class VhdxDisk:
         self._alloc_end = 0
         self._bat_chunks: dict[int, bytes] = {}
         self._log: LogWriter | None = None
-        self._spans: list[tuple[int, int, str]] = []
+        self.reserved_spans: list[tuple[int, int, str]] = []  # regions and log: no blocks here
         self._closed = False
 
     # ----------------------------------------------------------------------------- opening
@@ -289,7 +293,7 @@ class VhdxDisk:
         self._read_region_tables(head)
         self._read_metadata()
         self._alloc_end = self._compute_alloc_end()
-        self._spans = self._reserved_spans()
+        self.reserved_spans = self._compute_reserved_spans()
 
     def _err(self, message: str, offset: int | None = None) -> VhdxError:
         return VhdxError(message, path=self.path, offset=offset)
@@ -351,14 +355,10 @@ class VhdxDisk:
             self._validate_plan(plan)
         if self.writable:
             # [MS-VHDX] 2.2.2: FileWriteGuid changes before any modification, log replay included.
-            self._write_header(
-                dataclasses.replace(header, file_write_guid=uuid.uuid4(), sequence_number=0)
-            )
+            self._write_header(dataclasses.replace(header, file_write_guid=uuid.uuid4()), sync=True)
             if plan is not None:
                 self._apply_plan_in_place(plan)
-            self._write_header(
-                dataclasses.replace(self._header, log_guid=ZERO_GUID, sequence_number=0)
-            )
+            self._write_header(dataclasses.replace(self._header, log_guid=ZERO_GUID), sync=True)
         elif plan is not None:
             self._apply_plan_in_memory(plan)
         self.replayed_log = plan
@@ -413,7 +413,7 @@ class VhdxDisk:
             offset += n
             length -= n
 
-    def _pread(self, offset: int, length: int) -> bytes:
+    def read_file(self, offset: int, length: int) -> bytes:
         """Exactly ``length`` bytes of the file as the log leaves them; error past the end."""
         data = self._io.pread(offset, length)
         if len(data) < length:
@@ -447,7 +447,7 @@ class VhdxDisk:
         for i, off in enumerate(REGION_TABLE_OFFSETS):
             raw = head[off : off + REGION_TABLE_SIZE]
             if self.replayed_log is not None:  # the log may have rewritten the tables
-                raw = self._pread(off, REGION_TABLE_SIZE)
+                raw = self.read_file(off, REGION_TABLE_SIZE)
             try:
                 tables.append(RegionTable.unpack(raw))
             except VhdxError as err:
@@ -503,7 +503,7 @@ class VhdxDisk:
         if region.length < METADATA_TABLE_SIZE:
             raise self._err("metadata region is smaller than its table", region.file_offset)
         try:
-            table = MetadataTable.unpack(self._pread(region.file_offset, METADATA_TABLE_SIZE))
+            table = MetadataTable.unpack(self.read_file(region.file_offset, METADATA_TABLE_SIZE))
         except VhdxError as err:
             if err.path is not None:
                 raise
@@ -530,7 +530,7 @@ class VhdxDisk:
             if entry.is_user:
                 continue
             if entry.item_id in _SYSTEM_ITEM_SIZES or entry.item_id == PARENT_LOCATOR_GUID:
-                items[entry.item_id] = self._pread(where, entry.length) if entry.length else b""
+                items[entry.item_id] = self.read_file(where, entry.length) if entry.length else b""
             elif entry.is_required:
                 raise self._err(f"unsupported required metadata item {entry.item_id}", where)
         spans.sort()
@@ -651,12 +651,16 @@ class VhdxDisk:
                 path=self.path,
             )
 
-    def linkage_status(self) -> str:
-        """``ok`` when the open parent's DataWriteGuid matches parent_linkage(2), else why not."""
+    def linkage_status(self, parent: VhdxDisk | None = None) -> str:
+        """``ok`` when the parent's DataWriteGuid matches parent_linkage(2), else why not.
+
+        ``parent`` defaults to the open parent; pass one to judge a candidate instead.
+        """
         locator = self.metadata.parent_locator
-        if locator is None or self.parent is None:
+        parent = parent if parent is not None else self.parent
+        if locator is None or parent is None:
             return "no parent"
-        actual = self.parent.data_write_guid
+        actual = parent.data_write_guid
         expected = [
             g
             for g in (
@@ -718,7 +722,8 @@ class VhdxDisk:
 
     @property
     def file_size(self) -> int:
-        return self._io.size()
+        """Size of the file, or what it will be once a pending log is replayed (if larger)."""
+        return max(self._io.size(), self._file_size)
 
     # ----------------------------------------------------------------------------- BAT
     def bat_get(self, index: int) -> int:
@@ -728,7 +733,7 @@ class VhdxDisk:
         if data is None:
             start = chunk * BAT_CHUNK_BYTES
             length = min(BAT_CHUNK_BYTES, self.geometry.bat_bytes - start)
-            data = self._pread(self.bat_region.file_offset + start, length)
+            data = self.read_file(self.bat_region.file_offset + start, length)
             if len(self._bat_chunks) >= BAT_CACHE_CHUNKS:
                 self._bat_chunks.pop(next(iter(self._bat_chunks)))
             self._bat_chunks[chunk] = data
@@ -739,14 +744,14 @@ class VhdxDisk:
         """Every (index, entry) of the BAT, streamed without filling the cache."""
         total = self.geometry.bat_bytes
         for start in range(0, total, BAT_CHUNK_BYTES):
-            data = self._pread(
+            data = self.read_file(
                 self.bat_region.file_offset + start, min(BAT_CHUNK_BYTES, total - start)
             )
             base = start // BAT_ENTRY_SIZE
             for i, (value,) in enumerate(_U64.iter_unpack(data)):
                 yield base + i, value
 
-    def _check_location(self, index: int, offset: int, length: int) -> None:
+    def check_block_location(self, index: int, offset: int, length: int) -> None:
         """A block referenced by BAT entry ``index`` must lie in the file, outside metadata."""
         where = self.bat_region.file_offset + index * BAT_ENTRY_SIZE
         if offset < HEADER_SECTION_SIZE:
@@ -757,11 +762,11 @@ class VhdxDisk:
                 f"{self._file_size:#x})",
                 where,
             )
-        for start, size, name in self._spans:
+        for start, size, name in self.reserved_spans:
             if offset < start + size and offset + length > start:
                 raise self._err(f"BAT entry {index} points into the {name}", where)
 
-    def _reserved_spans(self) -> list[tuple[int, int, str]]:
+    def _compute_reserved_spans(self) -> list[tuple[int, int, str]]:
         """File ranges no payload or bitmap block may use (regions and the log)."""
         spans = [
             (self.bat_region.file_offset, self.bat_region.length, "BAT region"),
@@ -788,7 +793,7 @@ class VhdxDisk:
                     f"BAT entry {index} is partially present in a disk without a parent",
                     self.bat_region.file_offset + index * 8,
                 )
-            self._check_location(index, offset, self.block_size)
+            self.check_block_location(index, offset, self.block_size)
         return state, offset
 
     def _bitmap_location(self, block: int) -> tuple[int, int]:
@@ -802,13 +807,13 @@ class VhdxDisk:
                 f"(BAT entry {index}) is not",
                 self.bat_region.file_offset + index * 8,
             )
-        self._check_location(index, bat_offset(entry), SECTOR_BITMAP_BLOCK_SIZE)
+        self.check_block_location(index, bat_offset(entry), SECTOR_BITMAP_BLOCK_SIZE)
         per_block = geom.bitmap_bytes_per_block()
         return bat_offset(entry) + (block % geom.chunk_ratio) * per_block, per_block
 
     def _block_bits(self, block: int) -> int:
         off, length = self._bitmap_location(block)
-        return int.from_bytes(self._pread(off, length), "little")
+        return int.from_bytes(self.read_file(off, length), "little")
 
     # ----------------------------------------------------------------------------- reading
     def read_at(self, offset: int, length: int) -> bytes:
@@ -831,7 +836,16 @@ class VhdxDisk:
             n = min(bs - in_block, end - pos)
             state, foff = self.payload(block)
             if state == PAYLOAD_BLOCK_FULLY_PRESENT:
-                parts.append(self._pread(foff + in_block, n))
+                # Following blocks stored right after this one are read in the same pread.
+                start, next_file = foff + in_block, foff + bs
+                while pos + n < end:
+                    next_state, next_off = self.payload(block + 1)
+                    if next_state != PAYLOAD_BLOCK_FULLY_PRESENT or next_off != next_file:
+                        break
+                    block += 1
+                    next_file += bs
+                    n += min(bs, end - pos - n)
+                parts.append(self.read_file(start, n))
             elif state == PAYLOAD_BLOCK_PARTIALLY_PRESENT:
                 parts.append(self._read_partial(block, foff, in_block, n))
             elif state == PAYLOAD_BLOCK_NOT_PRESENT and self.parent is not None:
@@ -859,7 +873,7 @@ class VhdxDisk:
         parts = []
         for present, s0, s1 in _runs(bits, first, last):
             if present:
-                parts.append(self._pread(foff + s0 * lss, (s1 - s0) * lss))
+                parts.append(self.read_file(foff + s0 * lss, (s1 - s0) * lss))
             else:
                 parts.append(self._read_parent(base + s0 * lss, (s1 - s0) * lss))
         data = b"".join(parts)
@@ -992,7 +1006,7 @@ class VhdxDisk:
             if page in txn.pages:
                 out += txn.pages[page][lo - page : hi - page]
             else:
-                out += self._pread(lo, hi - lo)
+                out += self.read_file(lo, hi - lo)
         return int.from_bytes(out, "little")
 
     def _txn_set_block_bits(self, txn: _Txn, block: int, bits: int) -> None:
@@ -1013,7 +1027,7 @@ class VhdxDisk:
         assert self._log is not None
         if self._io.size() < self._alloc_end:
             self._io.truncate(self._alloc_end)
-        self._io.fsync()
+        self._barrier()
         pages: dict[int, bytes | bytearray] = dict(txn.pages)
         bat_pages: dict[int, bytearray] = {}
         for index, value in txn.bat.items():
@@ -1021,7 +1035,7 @@ class VhdxDisk:
             page = at - at % _PAGE
             buf = bat_pages.get(page)
             if buf is None:
-                buf = bat_pages[page] = bytearray(self._pread(page, _PAGE))
+                buf = bat_pages[page] = bytearray(self.read_file(page, _PAGE))
             buf[at - page : at - page + BAT_ENTRY_SIZE] = value.to_bytes(8, "little")
         pages.update(bat_pages)
         if extra_pages:
@@ -1031,7 +1045,7 @@ class VhdxDisk:
         self._file_size = file_size
         entry_at, entry = self._log.next_entry(ordered, file_size)
         self._io.pwrite(entry_at, entry)
-        self._io.fsync()
+        self._barrier()
         for off, data in ordered:
             self._io.pwrite(off, data)
         for index, value in txn.bat.items():
@@ -1053,7 +1067,7 @@ class VhdxDisk:
         log = LogWriter(header.log_offset, header.log_length, uuid.uuid4())
         at, entry = log.next_entry([], self._io.size())
         self._io.pwrite(at, entry)
-        self._io.fsync()
+        self._barrier()
         self._write_header(
             dataclasses.replace(
                 header,
@@ -1065,12 +1079,20 @@ class VhdxDisk:
         )
         self._log = log
 
-    def _write_header(self, header: Header) -> None:
+    def _barrier(self) -> None:
+        """Order what was written before against what comes after, across power loss too."""
+        if self.durable:
+            self._io.fsync()
+
+    def _write_header(self, header: Header, *, sync: bool = False) -> None:
         """Write ``header`` (sequence number set here) over the non-current copy, and fsync."""
         header = dataclasses.replace(header, sequence_number=self._header.sequence_number + 1)
         slot = 1 - self._header_slot
         self._io.pwrite(HEADER_OFFSETS[slot], header.pack())
-        self._io.fsync()
+        if sync:
+            self._io.fsync()
+        else:
+            self._barrier()
         self._header = header
         self._header_slot = slot
         valid = list(self.header_valid)
@@ -1135,7 +1157,7 @@ class VhdxDisk:
 
         size_page = self.metadata.virtual_size_file_offset
         size_page -= size_page % _PAGE
-        size_buf = bytearray(self._pread(size_page, _PAGE))
+        size_buf = bytearray(self.read_file(size_page, _PAGE))
         at = self.metadata.virtual_size_file_offset - size_page
         size_buf[at : at + VIRTUAL_DISK_SIZE.size] = VIRTUAL_DISK_SIZE.pack(new_size)
         extra: dict[int, bytes] = {size_page: bytes(size_buf)}
@@ -1149,7 +1171,7 @@ class VhdxDisk:
             while copied < old.bat_bytes:
                 n = min(1 << 20, old.bat_bytes - copied)
                 self._io.pwrite(
-                    region_off + copied, self._pread(self.bat_region.file_offset + copied, n)
+                    region_off + copied, self.read_file(self.bat_region.file_offset + copied, n)
                 )
                 copied += n
             self._write_new_entries(old, new, new_entry, region_off)
@@ -1159,7 +1181,7 @@ class VhdxDisk:
             )
             packed = table.pack()
             for table_off in REGION_TABLE_OFFSETS:
-                current = self._pread(table_off, REGION_TABLE_SIZE)
+                current = self.read_file(table_off, REGION_TABLE_SIZE)
                 for p in range(0, REGION_TABLE_SIZE, _PAGE):
                     if current[p : p + _PAGE] != packed[p : p + _PAGE]:
                         extra[table_off + p] = packed[p : p + _PAGE]
@@ -1167,14 +1189,14 @@ class VhdxDisk:
             self.region_table = table
             self.bat_region = new_region
             self.region_table_valid = (True, True)
-            self._spans = self._reserved_spans()
+            self.reserved_spans = self._compute_reserved_spans()
         else:
             # 3b. The BAT region has room: new entries go through the log, a page set at a time,
             # before the size that makes them part of the disk.
             txn = _Txn()
             limit = self._log_max_pages() - 2
             first = old.bat_entries
-            current = self._pread(
+            current = self.read_file(
                 self.bat_region.file_offset + first * BAT_ENTRY_SIZE,
                 (new.bat_entries - first) * BAT_ENTRY_SIZE,
             )
@@ -1225,7 +1247,9 @@ class VhdxDisk:
             try:
                 if self._log is not None:
                     self._io.fsync()
-                    self._write_header(dataclasses.replace(self._header, log_guid=ZERO_GUID))
+                    self._write_header(
+                        dataclasses.replace(self._header, log_guid=ZERO_GUID), sync=True
+                    )
                     self._log = None
             finally:
                 if self._fd >= 0:
@@ -1266,9 +1290,15 @@ def _item_name(guid: uuid.UUID) -> str:
 
 
 def _open_chain(
-    path: Path, *, writable: bool, chain: list[Path], check_linkage: bool, open_parent: bool = True
+    path: Path,
+    *,
+    writable: bool,
+    chain: list[Path],
+    check_linkage: bool,
+    open_parent: bool = True,
+    durable: bool = True,
 ) -> VhdxDisk:
-    disk = VhdxDisk(Path(path), writable=writable)
+    disk = VhdxDisk(Path(path), writable=writable, durable=durable)
     try:
         disk._open()
         if disk.is_differencing and open_parent:
@@ -1279,15 +1309,28 @@ def _open_chain(
     return disk
 
 
-def open_disk(path: str | os.PathLike[str], *, writable: bool = False) -> VhdxDisk:
+def open_disk(
+    path: str | os.PathLike[str], *, writable: bool = False, durable: bool = True
+) -> VhdxDisk:
     """Open a VHDX file (and its parent chain, read-only) with full validation.
 
     A writable open replays a pending log in place and takes an exclusive lock on the file; the
     first write then starts a write session (new DataWriteGuid, which by design breaks the
     linkage of any differencing disk made from this one).
+
+    ``durable=False`` keeps every write ordered exactly as with ``durable=True`` (so a killed
+    process still leaves a consistent disk) but skips the fsyncs between the steps of a
+    metadata commit: for filling a new disk that is thrown away if the machine crashes before
+    ``flush()``/``close()``, which do fsync.  Like ``qemu-img convert``'s default cache mode.
     """
     p = Path(path)
-    return _open_chain(p, writable=writable, chain=[Path(os.path.realpath(p))], check_linkage=True)
+    return _open_chain(
+        p,
+        writable=writable,
+        chain=[Path(os.path.realpath(p))],
+        check_linkage=True,
+        durable=durable,
+    )
 
 
 def open_layer(path: str | os.PathLike[str], *, writable: bool = False) -> VhdxDisk:
@@ -1295,9 +1338,3 @@ def open_layer(path: str | os.PathLike[str], *, writable: bool = False) -> VhdxD
     return _open_chain(
         Path(path), writable=writable, chain=[], check_linkage=False, open_parent=False
     )
-
-
-def open_chain_unchecked(path: str | os.PathLike[str]) -> VhdxDisk:
-    """Open a chain read-only without enforcing parent linkage (to report on it)."""
-    p = Path(path)
-    return _open_chain(p, writable=False, chain=[Path(os.path.realpath(p))], check_linkage=False)

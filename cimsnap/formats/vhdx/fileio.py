@@ -51,8 +51,9 @@ class FileIO:
             raise VhdxError(f"write failed: {err.strerror}", path=self.path, offset=pos) from err
 
     def fsync(self) -> None:
+        """Make every write so far durable (data and the file size; not timestamps)."""
         try:
-            os.fsync(self.fd)
+            os.fdatasync(self.fd)
         except OSError as err:
             raise VhdxError(f"fsync failed: {err.strerror}", path=self.path) from err
 

@@ -100,7 +100,7 @@ def _check_chain(path: Path, chain: list[Path]) -> None:
         if len(chain) >= MAX_CHAIN_DEPTH:
             raise VhdxError(f"parent chain is deeper than {MAX_CHAIN_DEPTH}", path=path)
         with open_layer(parent_path) as parent:
-            status = _linkage(disk, parent)
+            status = disk.linkage_status(parent)
             if status != "ok":
                 raise ParentLinkageError(f"parent {parent_path}: {status}", path=path)
             if parent.logical_sector_size != disk.logical_sector_size:
@@ -121,27 +121,19 @@ def _find_parent(disk: VhdxDisk) -> Path:
     raise ParentNotFoundError(f"parent disk not found (tried {tried})", path=disk.path)
 
 
-def _linkage(child: VhdxDisk, parent: VhdxDisk) -> str:
-    child.parent = parent
-    try:
-        return child.linkage_status()
-    finally:
-        child.parent = None
-
-
 def _check_file(disk: VhdxDisk) -> None:
     if not all(disk.region_table_valid):
         bad = 1 if not disk.region_table_valid[0] else 2
         raise VhdxError(f"region table {bad} is damaged (the other copy is intact)", path=disk.path)
-    tables = [disk._pread(off, 64 * 1024) for off in (192 * 1024, 256 * 1024)]
+    tables = [disk.read_file(off, 64 * 1024) for off in (192 * 1024, 256 * 1024)]
     if tables[0] != tables[1]:
         raise VhdxError("the two region tables differ", path=disk.path)
     geom = disk.geometry
-    file_size = max(disk.file_size, disk._file_size)
+    file_size = disk.file_size
     units = -(-file_size // REGION_ALIGNMENT)
     # Owner of every MiB of the file: -1 free, -2 header section or a region, else a BAT index.
     owner = array.array("i", [-1]) * units
-    reserved = [(0, HEADER_SECTION_SIZE), *((s, n) for s, n, _ in disk._spans)]
+    reserved = [(0, HEADER_SECTION_SIZE), *((s, n) for s, n, _ in disk.reserved_spans)]
     for start, length in reserved:
         for unit in range(start // MiB, min(units, (start + length) // MiB)):
             owner[unit] = -2
@@ -193,7 +185,7 @@ def _check_file(disk: VhdxDisk) -> None:
 
 
 def _claim(disk: VhdxDisk, owner: array.array[int], index: int, offset: int, length: int) -> None:
-    disk._check_location(index, offset, length)
+    disk.check_block_location(index, offset, length)
     for unit in range(offset // MiB, (offset + length) // MiB):
         other = owner[unit]
         if other != -1:
@@ -297,7 +289,7 @@ def _walk_chain(child: VhdxDisk, chain: list[dict[str, Any]], seen: list[Path]) 
         return
     try:
         with open_layer(parent_path) as parent:
-            status = _linkage(child, parent)
+            status = child.linkage_status(parent)
             item["linkage_status"] = "ok" if status == "ok" else "mismatch: " + status
             chain.append(_chain_item(parent, None if parent.is_differencing else "base"))
             if parent.is_differencing:
