@@ -82,6 +82,12 @@ def destroy_image(image_path: str | os.PathLike[str], *, force: bool = False) ->
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed.append(path)
+    # A parent region set that no .cim owns or refers to any more was orphaned by an overwrite
+    # of the parent image while this fork needed it: it goes too.
+    for parent in header.parents:
+        files = region_set_files(image_path.parent, parent)
+        if remove_region_set_if_unused(image_path.parent, parent):
+            removed.extend(files)
     return removed
 
 

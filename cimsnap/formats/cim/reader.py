@@ -510,6 +510,10 @@ class CimImage:
         eas = b""
         if entry.ea_offset and entry.ea_length:
             eas = self._pread(entry.ea_offset, 0, entry.ea_length, f"EAs of {shown}")
+            try:
+                decode_eas(eas)
+            except ValueError as err:
+                raise CimFormatError(f"EAs of {shown}: {err}", path=self.path) from None
         reparse = (
             self._counted(entry.reparse_offset, "reparse buffer", shown)
             if entry.reparse_offset

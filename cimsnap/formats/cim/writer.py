@@ -506,7 +506,7 @@ class CimWriter:
         self._touch(parent)
         self._release(self._node(file_id))
 
-    def _release(self, node: _Node) -> None:
+    def _release(self, node: _Node, seen: set[int] | None = None) -> None:
         """One name of ``node`` is gone.  An own node with no names left is freed (its FileID
         is reused); an inherited node keeps its slot.  Either way, what a released directory
         contains loses a name too (directories have exactly one)."""
@@ -514,9 +514,11 @@ class CimWriter:
             node.links -= 1
             if node.links > 0:
                 return
-        if node.is_dir and node.children is not None:
+        seen = set() if seen is None else seen
+        if node.is_dir and node.children is not None and node.file_id not in seen:
+            seen.add(node.file_id)  # a malformed parent could contain a directory cycle
             for _, child_id in list(node.children.values()):
-                self._release(self._node(child_id))
+                self._release(self._node(child_id), seen)
         if node.own:
             del self._nodes[node.file_id]
             heapq.heappush(self._free_ids, node.file_id)
@@ -727,8 +729,15 @@ class CimWriter:
         """New link tables for changed directories, deepest first (like the Windows samples)."""
         order: list[_Node] = []
         stack = [self._node(self._root_id)]
+        seen: set[int] = set()
         while stack:
             node = stack.pop()
+            if node.file_id in seen:
+                raise CimFormatError(
+                    f"directory FileID {node.file_id} is reachable twice (directory cycle)",
+                    path=self.image_path,
+                )
+            seen.add(node.file_id)
             order.append(node)
             if node.children is not None:
                 stack.extend(
