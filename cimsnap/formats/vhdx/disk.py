@@ -43,6 +43,7 @@ import errno
 import fcntl
 import itertools
 import os
+import stat
 import struct
 import threading
 import uuid
@@ -260,15 +261,7 @@ class VhdxDisk:
 
     # ----------------------------------------------------------------------------- opening
     def _open(self) -> None:
-        flags = os.O_RDWR if self.writable else os.O_RDONLY
-        try:
-            self._fd = os.open(self.path, flags | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise VhdxError("no such file", path=self.path) from None
-        except IsADirectoryError:
-            raise VhdxError("is a directory, not a VHDX file", path=self.path) from None
-        except OSError as err:
-            raise VhdxError(f"cannot open: {err.strerror}", path=self.path) from err
+        self._fd = open_regular_file(self.path, self.writable)
         self._io = FileIO(self._fd, self.path)
         if self.writable:
             try:
@@ -728,6 +721,8 @@ class VhdxDisk:
     # ----------------------------------------------------------------------------- BAT
     def bat_get(self, index: int) -> int:
         """BAT entry ``index`` as committed (read through a bounded chunk cache)."""
+        if not 0 <= index < self.geometry.bat_entries:
+            raise self._err(f"BAT entry {index} is outside the BAT ({self.geometry.bat_entries})")
         chunk = index * BAT_ENTRY_SIZE // BAT_CHUNK_BYTES
         data = self._bat_chunks.get(chunk)
         if data is None:
@@ -857,7 +852,8 @@ class VhdxDisk:
 
     def _read_parent(self, offset: int, length: int) -> bytes:
         parent = self.parent
-        assert parent is not None
+        if parent is None:
+            raise UsageError("differencing disk opened without its parent", path=self.path)
         if offset >= parent.size:
             return bytes(length)
         n = min(length, parent.size - offset)
@@ -1272,6 +1268,28 @@ class VhdxDisk:
     def __repr__(self) -> str:
         kind = "differencing" if self.is_differencing else "fixed" if self.is_fixed else "dynamic"
         return f"<VhdxDisk {self.path} {kind} {self.size} bytes>"
+
+
+def open_regular_file(path: Path, writable: bool) -> int:
+    """A descriptor of ``path`` if it is a regular file or block device, else VhdxError.
+
+    Opened non-blocking first, so a FIFO named like a disk cannot hang the open.
+    """
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise VhdxError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise VhdxError("is a directory, not a VHDX file", path=path) from None
+    except OSError as err:
+        raise VhdxError(f"cannot open: {err.strerror}", path=path) from err
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        os.close(fd)
+        raise VhdxError("not a regular file", path=path)
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _region_name(guid: uuid.UUID) -> str:

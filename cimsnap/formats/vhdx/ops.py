@@ -24,6 +24,7 @@ from cimsnap.formats.vhdx.disk import (
     VhdxDisk,
     open_disk,
     open_layer,
+    open_regular_file,
     parent_candidates,
 )
 from cimsnap.formats.vhdx.errors import ParentLinkageError, ParentNotFoundError, VhdxError
@@ -357,10 +358,7 @@ def import_raw(
     The virtual size is the raw size rounded up to 512 bytes (the logical sector size).
     """
     raw = Path(raw_path)
-    try:
-        src = os.open(raw, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise UsageError(f"cannot open raw image: {err.strerror}", path=raw) from err
+    src = open_regular_file(raw, False)
     try:
         raw_size = os.fstat(src).st_size
         if raw_size == 0:

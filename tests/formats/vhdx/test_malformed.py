@@ -346,3 +346,20 @@ def test_cli_error_has_no_traceback_in_a_real_process(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "truncated" in proc.stderr
+
+
+@pytest.mark.timeout(30)
+def test_fifo_or_directory_is_refused_without_hanging(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    fifo = tmp_path / "fifo.vhdx"
+    os.mkfifo(fifo)
+    for path, pattern in ((fifo, "not a regular file"), (tmp_path, "directory")):
+        with pytest.raises(VhdxError, match=pattern):
+            open_disk(path)
+        assert main(["vhdx", "info", str(path)]) == 1
+        assert capsys.readouterr().err.count("\n") == 1
+    assert main(["vhdx", "import", str(fifo), str(tmp_path / "x.vhdx")]) == 1
+    assert "not a regular file" in capsys.readouterr().err
