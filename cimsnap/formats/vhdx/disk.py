@@ -736,15 +736,22 @@ class VhdxDisk:
         return int.from_bytes(data[at : at + BAT_ENTRY_SIZE], "little")
 
     def iter_bat(self) -> Iterator[tuple[int, int]]:
-        """Every (index, entry) of the BAT, streamed without filling the cache."""
+        """Every non-zero (index, entry) of the BAT, streamed without filling the cache.
+
+        Zero entries (not present, no offset) are skipped, whole zero chunks at memcmp speed.
+        """
         total = self.geometry.bat_bytes
+        zero_chunk = bytes(BAT_CHUNK_BYTES)
         for start in range(0, total, BAT_CHUNK_BYTES):
             data = self.read_file(
                 self.bat_region.file_offset + start, min(BAT_CHUNK_BYTES, total - start)
             )
+            if data == zero_chunk[: len(data)]:
+                continue
             base = start // BAT_ENTRY_SIZE
             for i, (value,) in enumerate(_U64.iter_unpack(data)):
-                yield base + i, value
+                if value:
+                    yield base + i, value
 
     def check_block_location(self, index: int, offset: int, length: int) -> None:
         """A block referenced by BAT entry ``index`` must lie in the file, outside metadata."""

@@ -142,9 +142,7 @@ def _check_file(disk: VhdxDisk) -> None:
     per_chunk = geom.chunk_ratio + 1
     chunk_has_bitmap: set[int] = set()
     partial: list[int] = []
-    for index, entry in disk.iter_bat():
-        if entry == 0:
-            continue  # not present, offset zero: nothing to check (the common case)
+    for index, entry in disk.iter_bat():  # zero entries (not present) need no check
         where = bat_base + index * BAT_ENTRY_SIZE
         state = entry & 7
         if entry & BAT_RESERVED_MASK:
@@ -239,6 +237,8 @@ def _describe(disk: VhdxDisk) -> dict[str, Any]:
         name = PAYLOAD_STATES.get(bat_state(entry))
         if name is not None:
             counts[name.replace(" ", "_")] += 1
+    # iter_bat skips zero entries: every payload block not counted is "not present".
+    counts["not_present"] += geom.data_blocks - sum(counts.values())
     st = os.stat(disk.path)
     header = disk.header
     return {
