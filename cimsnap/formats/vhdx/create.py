@@ -184,8 +184,14 @@ def check_parameters(
         )
 
 
-def write_new_file(path: str | os.PathLike[str], fill: Callable[[int], NewFile]) -> None:
-    """Create ``path`` crash-safely: ``fill(fd)`` writes any payload and returns the layout."""
+def write_new_file(
+    path: str | os.PathLike[str], fill: Callable[[int], NewFile], *, durable: bool = True
+) -> None:
+    """Create ``path`` crash-safely: ``fill(fd)`` writes any payload and returns the layout.
+
+    The file appears under its name complete or not at all.  ``durable=False`` skips the two
+    fsyncs (file, then directory): a power loss may then lose the new file, never tear it.
+    """
     target = Path(path)
     if target.exists():
         raise AlreadyExistsError("file already exists", path=target)
@@ -201,7 +207,8 @@ def write_new_file(path: str | os.PathLike[str], fill: Callable[[int], NewFile])
                 os.pwrite(fd, data, off)
             if os.fstat(fd).st_size < new.file_size:
                 os.ftruncate(fd, new.file_size)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         try:
@@ -214,6 +221,8 @@ def write_new_file(path: str | os.PathLike[str], fill: Callable[[int], NewFile])
     finally:
         if tmp.exists():
             tmp.unlink()
+    if not durable:
+        return
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
@@ -229,12 +238,16 @@ def create(
     logical_sector_size: int = 512,
     physical_sector_size: int = 4096,
     fixed: bool = False,
+    durable: bool = True,
 ) -> None:
-    """Create a dynamic (or ``fixed``) VHDX of ``size`` bytes; refuses to replace a file."""
+    """Create a dynamic (or ``fixed``) VHDX of ``size`` bytes; refuses to replace a file.
+
+    ``durable=False`` skips the fsyncs (see :func:`write_new_file`).
+    """
     check_parameters(size, block_size, logical_sector_size, physical_sector_size)
     geometry = Geometry(size, block_size, logical_sector_size, False)
     new = layout(geometry, fixed=fixed, physical_sector_size=physical_sector_size)
-    write_new_file(path, lambda fd: new)
+    write_new_file(path, lambda fd: new, durable=durable)
 
 
 def windows_relative_path(child: Path, parent: Path) -> str:
@@ -249,8 +262,12 @@ def create_differencing(
     parent_path: str | os.PathLike[str],
     *,
     block_size: int | None = None,
+    durable: bool = True,
 ) -> None:
     """Create a differencing VHDX whose parent is ``parent_path`` (linked by DataWriteGuid).
+
+    ``durable=False`` skips the two fsyncs (file and directory) that dominate its cost: the new
+    file still appears complete or not at all, but a power loss may lose it.
 
     The locator holds ``parent_linkage`` (the parent's current DataWriteGuid, ``{GUID}``),
     ``relative_path`` (from the child's directory, Windows style) and ``absolute_win32_path``.
@@ -272,4 +289,4 @@ def create_differencing(
             }
         )
         new = layout(geometry, physical_sector_size=p.physical_sector_size, locator=locator)
-    write_new_file(child, lambda fd: new)
+    write_new_file(child, lambda fd: new, durable=durable)

@@ -203,3 +203,13 @@ def test_parent_loop_is_detected(tmp_path: Path) -> None:
         with pytest.raises(VhdxError, match="loops"):
             check(path)
         assert info(path)["chain"][-1]["linkage_status"].startswith("loop")
+
+
+def test_non_durable_creation_makes_the_same_valid_files(tmp_path: Path) -> None:
+    base, child = tmp_path / "b.vhdx", tmp_path / "c.vhdx"
+    create(base, SIZE, durable=False)
+    create_differencing(child, base, durable=False)
+    check(child)
+    with open_disk(child) as disk:
+        assert disk.parent is not None and disk.read_at(0, 4096) == bytes(4096)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.vhdx", "c.vhdx"]  # no temp files
