@@ -135,7 +135,11 @@ class _Importer:
         self.stats.directories += 1
 
     def _add_entries(self, host_dir: Path, image_dir: str) -> list[tuple[Path, str]]:
-        names = sorted(os.listdir(host_dir))
+        fd = _open_noatime(host_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            names = sorted(os.fsdecode(n) for n in os.listdir(fd))
+        finally:
+            os.close(fd)
         plain = [n for n in names if STREAM_SEPARATOR not in n]
         streams = [n for n in names if STREAM_SEPARATOR in n]
         collation = self.writer.collation
@@ -176,7 +180,7 @@ class _Importer:
             stream_path = host_dir / name
             if not stat.S_ISREG(os.lstat(stream_path).st_mode):
                 raise UsageError("an alternate stream must be a regular file", path=stream_path)
-            with open(stream_path, "rb") as data:
+            with os.fdopen(_open_noatime(stream_path, os.O_RDONLY), "rb") as data:
                 size = os.fstat(data.fileno()).st_size
                 self.writer.add_stream(f"{image_dir}\\{base}", stream_name, data, size=size)
             self.stats.streams += 1
@@ -197,7 +201,7 @@ class _Importer:
         elif meta.attributes & FILE_ATTRIBUTE_SPARSE_FILE and _all_hole(host, st.st_size):
             self.writer.add(image, meta, size=st.st_size)  # nothing stored: a sparse stream
         else:
-            with open(host, "rb") as data:
+            with os.fdopen(_open_noatime(host, os.O_RDONLY), "rb") as data:
                 self.writer.add(image, meta, data, size=st.st_size)
         self.stats.files += 1
         self.stats.bytes += st.st_size
@@ -242,6 +246,15 @@ class _Importer:
             extended_attributes=xattrs.get(XATTR_EAS, b""),
             reparse_buffer=reparse,
         )
+
+
+def _open_noatime(path: Path, flags: int) -> int:
+    """Open for reading without touching the access time (which is part of what we store, and
+    of what a second, deterministic run would see), where the kernel allows it."""
+    try:
+        return os.open(path, flags | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0))
+    except PermissionError:  # O_NOATIME needs ownership (or CAP_FOWNER)
+        return os.open(path, flags | os.O_CLOEXEC)
 
 
 def _read_xattrs(path: Path) -> dict[str, bytes]:

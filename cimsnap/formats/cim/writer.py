@@ -838,8 +838,14 @@ class CimWriter:
             with contextlib.suppress(CimFormatError, OSError):
                 old_header = read_image_header(self.image_path)
         for region, tmp in zip(self._regions, objectid_tmps, strict=True):
-            os.replace(region.tmp_path, self.directory / own.region_name(region.set_index))
-            os.replace(tmp, self.directory / own.objectid_name(region.set_index))
+            for source, name in (
+                (region.tmp_path, own.region_name(region.set_index)),
+                (tmp, own.objectid_name(region.set_index)),
+            ):
+                final = self.directory / name
+                if not final.exists():  # (a deterministic rewrite may meet its own files)
+                    self._temp_files.append(final)  # removed on failure until the .cim is in
+                os.replace(source, final)
         common = CommonHeader(
             FilesystemHeader.SIZE,
             FileType.IMAGE,
@@ -853,6 +859,7 @@ class CimWriter:
         cim_tmp = self._temp("cim")
         _write_file(cim_tmp, header.pack())
         os.replace(cim_tmp, self.image_path)
+        self._temp_files.clear()  # committed: the files belong to the image now
         _fsync_directory(self.directory)
         if old_header is not None and old_header.regions.guid != guid:
             # The overwritten image's regions go unless another image still refers to them.
