@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from cimsnap.cli.common import print_json
-from cimsnap.errors import AlreadyExistsError
 from cimsnap.formats.bcd import BcdStore, format_objects
 
 
@@ -75,9 +74,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_createstore(args: argparse.Namespace) -> int:
-    if args.store.exists():
-        raise AlreadyExistsError("the store file already exists", path=args.store)
-    BcdStore.create().save(args.store)
+    BcdStore.create(args.store)
     print("The operation completed successfully.")
     return 0
 

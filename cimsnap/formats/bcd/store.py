@@ -101,13 +101,19 @@ class BcdStore:
 
     # --- files ---------------------------------------------------------------------------------
     @classmethod
-    def create(cls) -> BcdStore:
-        """An empty store, like ``bcdedit /createstore``."""
+    def create(cls, path: str | os.PathLike[str] | None = None) -> BcdStore:
+        """An empty store, like ``bcdedit /createstore``; written to ``path`` when given (which
+        must not exist yet), later :meth:`save` calls then default to it."""
+        if path is not None and Path(path).exists():
+            raise AlreadyExistsError("the store file already exists", path=path)
         hive = Hive.create(root_name=STORE_ROOT_NAME)
         hive.set_value("Description", "KeyName", RegType.REG_SZ, STORE_KEY_NAME)
         hive.set_value("Description", "FirmwareModified", RegType.REG_DWORD, 1)
         hive.create_key("Objects")
-        return cls(hive)
+        store = cls(hive)
+        if path is not None:
+            store.save(path)
+        return store
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> BcdStore:

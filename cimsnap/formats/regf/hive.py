@@ -29,7 +29,7 @@ from pathlib import Path
 from cimsnap.errors import NotFoundError, UsageError
 
 from . import logs as hivelogs
-from .cells import CellStore, RegfError
+from .cells import ALLOCATED, CellStore, RegfError
 from .names import (
     check_key_name,
     check_value_name,
@@ -51,6 +51,7 @@ from .structures import (
     BASE_FLAGS_OFFSET,
     BIG_DATA,
     BIG_DATA_SEGMENT_SIZE,
+    CELL_SIZE,
     CHECKSUM_OFFSET,
     DATA_INLINE_FLAG,
     FILE_FORMAT_DIRECT_MEMORY_LOAD,
@@ -452,7 +453,16 @@ class Hive:
         count, list_offset = _NK_VALUES.unpack_from(self._buf, BASE_BLOCK_SIZE + nk + 4 + 36)
         if count == 0:
             return []
-        pos, length = self._cells.cell(list_offset, f"value list of key {nk:#x}")
+        cells = self._cells
+        if (
+            list_offset < cells.hbins_size
+            and not list_offset & 7
+            and cells.kind[list_offset >> 3] == ALLOCATED
+        ):
+            pos = BASE_BLOCK_SIZE + list_offset + 4
+            length = -CELL_SIZE.unpack_from(self._buf, pos - 4)[0] - 4
+        else:
+            pos, length = cells.cell(list_offset, f"value list of key {nk:#x}")
         if 4 * count > length:
             raise self._cells.error(f"key {nk:#x} claims {count} values", list_offset)
         return list(struct.unpack_from(f"<{count}I", self._buf, pos))

@@ -12,8 +12,11 @@ import datetime as dt
 import time
 from typing import TYPE_CHECKING
 
+from .cells import ALLOCATED
 from .names import decode_name
 from .structures import (
+    BASE_BLOCK_SIZE,
+    CELL_SIZE,
     DATA_INLINE_FLAG,
     KEY_COMP_NAME,
     KEY_NODE_SIZE,
@@ -64,21 +67,28 @@ class Value:
     __slots__ = ("_data_offset", "_size_raw", "flags", "hive", "name", "offset", "type")
 
     def __init__(self, hive: Hive, offset: int):
-        pos, length = hive._cells.cell(offset, "key value")
+        # walking a hive makes one of these per value: the checks of CellStore.cell are inlined
+        cells = hive._cells
         buf = hive._buf
+        if offset < cells.hbins_size and not offset & 7 and cells.kind[offset >> 3] == ALLOCATED:
+            pos = BASE_BLOCK_SIZE + offset + 4
+            length = -CELL_SIZE.unpack_from(buf, pos - 4)[0] - 4
+        else:
+            pos, length = cells.cell(offset, "key value")
         if length < KEY_VALUE_SIZE or buf[pos : pos + 2] != SIG_KEY_VALUE:
-            raise hive._cells.error(f"value at {offset:#x} is not a vk record", offset)
+            raise cells.error(f"value at {offset:#x} is not a vk record", offset)
         _sig, name_length, size_raw, data_offset, value_type, flags, _spare = KEY_VALUE.unpack_from(
             buf, pos
         )
         if KEY_VALUE_SIZE + name_length > length:
-            raise hive._cells.error(f"value name at {offset:#x} runs past its cell", offset)
+            raise cells.error(f"value name at {offset:#x} runs past its cell", offset)
         self.hive = hive
         self.offset = offset
-        self.name = decode_name(
-            bytes(buf[pos + KEY_VALUE_SIZE : pos + KEY_VALUE_SIZE + name_length]),
-            bool(flags & VALUE_COMP_NAME),
-        )
+        raw = buf[pos + KEY_VALUE_SIZE : pos + KEY_VALUE_SIZE + name_length]
+        if flags & VALUE_COMP_NAME:
+            self.name = raw.decode("latin-1")
+        else:
+            self.name = decode_name(bytes(raw), False)
         self.type = value_type
         self.flags = flags
         self._size_raw = size_raw
@@ -111,8 +121,13 @@ class Key:
     __slots__ = ("_name", "_path", "_pos", "hive", "offset")
 
     def __init__(self, hive: Hive, offset: int, path: str | None = None):
-        pos, length = hive._cells.cell(offset, "key node")
+        cells = hive._cells
         buf = hive._buf
+        if offset < cells.hbins_size and not offset & 7 and cells.kind[offset >> 3] == ALLOCATED:
+            pos = BASE_BLOCK_SIZE + offset + 4
+            length = -CELL_SIZE.unpack_from(buf, pos - 4)[0] - 4
+        else:
+            pos, length = cells.cell(offset, "key node")
         if length < KEY_NODE_SIZE or buf[pos : pos + 2] != SIG_KEY_NODE:
             raise hive._cells.error(f"key at {offset:#x} is not an nk record", offset)
         (name_length,) = U16.unpack_from(buf, pos + NK_NAME_LENGTH)

@@ -34,7 +34,9 @@ def _element(hive: Hive, obj: str, element: int) -> tuple[int, bytes]:
 
 
 def test_createstore_layout(tmp_path: Path) -> None:
-    BcdStore.create().save(tmp_path / "BCD")
+    BcdStore.create(tmp_path / "BCD")
+    with pytest.raises(AlreadyExistsError):
+        BcdStore.create(tmp_path / "BCD")
     hive = Hive.open(tmp_path / "BCD")
     assert hive.root.name == "NewStoreRoot"
     assert hive.key("Description").value("KeyName").decoded() == "BCD00000000"  # type: ignore[union-attr]
