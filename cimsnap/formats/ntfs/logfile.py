@@ -16,7 +16,12 @@ The choice made here (documented, see docs/ntfs-vs-mkntfs.md):
   (ntfs3's ``log_replay``: "client_idx[1] == LFS_NO_CLIENT" -> initialise a new log instance)
   start a new log without reading any record page either.  The record pages therefore stay
   unwritten (zero), so the log costs 8 KiB, as Windows' own freshly formatted scratch disks suggest
-  (~27 MB stored for a volume whose log alone is 64 MiB).
+  (~27 MB stored for a 20 GiB disk).
+* ``format_volume(fill_log=True)`` writes 0xFF into the record pages instead (the content
+  Windows keeps in unused log pages), for who prefers that to sparseness.
+
+The restart area itself follows Windows 10's layout (client array at 0x40, area length 0xE0),
+checked against a Windows-formatted volume in the tests.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ _RESTART_AREA = struct.Struct("<QHHHHIHHqIHHII")
 _CLIENT = struct.Struct("<QQHHH6xI128s")
 NO_CLIENT = 0xFFFF
 RESTART_VOLUME_IS_CLEAN = 0x0002
+# Where the client array starts in the restart area: 0x40, as Windows 10 writes it (the restart
+# area of Windows XP's LFS ended at 0x30; readers take the offset from the header).
+RESTART_AREA_CLIENTS = 0x40
 LOG_RECORD_HEADER_LENGTH = 0x30
 # Log record pages: header 0x28 bytes + USA, rounded to 8 (0x40 for 4 KiB pages).
 LOG_PAGE_DATA_OFFSET = align8(0x28 + 2 * usa_count_for(LOG_PAGE_SIZE))
@@ -58,7 +66,7 @@ def restart_page(file_size: int, *, open_count: int, usn: int = 1) -> bytes:
         raise NtfsError(f"invalid $LogFile size {file_size}")
     usa_count = usa_count_for(LOG_PAGE_SIZE)
     ra_offset = align8(RESTART_USA_OFFSET + 2 * usa_count)  # 0x30
-    client_offset = align8(_RESTART_AREA.size)  # 0x30 from the restart area
+    client_offset = RESTART_AREA_CLIENTS
     ra_length = client_offset + _CLIENT.size
     page = bytearray(LOG_PAGE_SIZE)
     _RESTART_PAGE.pack_into(
@@ -156,11 +164,13 @@ def parse_restart_page(raw: bytes, *, offset: int | None = None) -> RestartArea:
 
 
 def default_log_size(volume_bytes: int, cluster_size: int) -> int:
-    """Our $LogFile size for a volume: 1/128 of it, between 256 KiB and 64 MiB.
+    """Our $LogFile size for a volume: 1/128 of it, between 2 MiB and 64 MiB (at most a third
+    of a tiny volume).
 
-    Windows' own sizing rule is not public; 64 MiB is the size Windows uses for volumes of a few
-    GiB and more, and the unwritten pages cost nothing, so only the order of magnitude matters.
+    Windows' own sizing rule is not public: it gave a 7 MiB volume 2 MiB (Windows 10, in the test
+    data) and uses 64 MiB on large volumes; unwritten pages cost nothing, so only the order of
+    magnitude matters.
     """
-    size = min(64 << 20, max(256 << 10, volume_bytes // 128))
+    size = min(64 << 20, max(2 << 20, volume_bytes // 128), max(MIN_LOG_SIZE, volume_bytes // 3))
     unit = max(cluster_size, LOG_PAGE_SIZE)
     return size // unit * unit

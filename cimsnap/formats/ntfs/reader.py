@@ -191,7 +191,7 @@ class NtfsVolume:
         return bytes(out)
 
     # --- directories ---------------------------------------------------------------------------
-    def _index_entries(self, rec: MftRecord, name: str, *, view: bool) -> list[IndexEntry]:
+    def index_entries(self, rec: MftRecord, name: str, *, view: bool) -> list[IndexEntry]:
         what = f"MFT record {rec.number} index {name}"
         root = parse_index_root(rec.require(c.AT_INDEX_ROOT, name).value, view=view, what=what)
         allocation = rec.find(c.AT_INDEX_ALLOCATION, name)
@@ -233,7 +233,7 @@ class NtfsVolume:
         if not rec.is_directory:
             raise NtfsError(f"MFT record {number} is not a directory")
         entries = []
-        for entry in self._index_entries(rec, "$I30", view=False):
+        for entry in self.index_entries(rec, "$I30", view=False):
             fn = FileName.unpack(entry.key)
             if fn.namespace == c.NAMESPACE_DOS:
                 continue
@@ -262,7 +262,7 @@ class NtfsVolume:
             return self.read_attribute(own, limit=1 << 20)
         sec_id = rec.standard_information.security_id
         secure = self.record(c.SECURE)
-        for entry in self._index_entries(secure, "$SII", view=True):
+        for entry in self.index_entries(secure, "$SII", view=True):
             if len(entry.key) == 4 and struct.unpack("<I", entry.key)[0] == sec_id:
                 if len(entry.data) < SDS_HEADER_SIZE:
                     raise NtfsError(f"$SII entry {sec_id:#x} is truncated")

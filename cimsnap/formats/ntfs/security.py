@@ -44,8 +44,9 @@ FILE_ALL_ACCESS = 0x001F01FF  # FA
 FILE_GENERIC_READ = 0x00120089  # FR
 FILE_READ_EXECUTE = 0x001200A9  # 0x1200a9: read & execute
 FILE_READ_WRITE_NO_DELETE = 0x0012019F  # 0x12019f: read, write, no delete/owner/DAC
-FILE_APPEND_DATA = 0x00000004  # "LC"/AD: create subdirectories
-MODIFY_GENERIC = 0xE0010000  # SDGRGWGX: delete + generic read/write/execute (inherit-only)
+MODIFY_GENERIC = 0xE0010000  # SDGXGWGR: delete + generic read/write/execute (inherit-only)
+FILE_MODIFY = 0x001301BF  # 0x1301bf: modify
+READ_EXECUTE_GENERIC = 0xA0000000  # GXGR
 GENERIC_ALL = 0x10000000  # GA
 OBJECT_INHERIT = 0x01
 CONTAINER_INHERIT = 0x02
@@ -92,49 +93,48 @@ def security_descriptor(owner: bytes, group: bytes, dacl: list[Ace], *, control:
 
 # The descriptors of a fresh scratch volume ----------------------------------------------------
 #
-# System files: the two descriptors Windows' formatter has given NTFS metadata files since
-# Windows 2000 (read-only for SYSTEM and Administrators on the data-bearing ones, read/write on
-# $Volume, $Secure and $Extend); the same SDDL is used by DiscUtils' NtfsFormatter.
-SD_SYSTEM_READONLY = security_descriptor(  # O:BAG:BAD:(A;;FR;;;SY)(A;;FR;;;BA)
-    SID_ADMINISTRATORS,
+# Source for the system files and the root: an NTFS volume formatted by Windows 10 (build 18363),
+# in the test data (``vhdx/dissect_fixed.vhdx.gz``, from fox-it/dissect.hypervisor).  Windows gives
+# the metadata files two descriptors kept in $Secure (ids 0x100 and 0x101), and the root
+# directory, $Boot and records 12-15 their own $SECURITY_DESCRIPTOR attribute with an NTFS 1.2
+# (48-byte) $STANDARD_INFORMATION.  The formatter does the same.
+SD_SYSTEM_READONLY = security_descriptor(  # O:SYG:BAD:(A;;FR;;;SY)(A;;FR;;;BA)
+    SID_LOCAL_SYSTEM,
     SID_ADMINISTRATORS,
     [Ace(SID_LOCAL_SYSTEM, FILE_GENERIC_READ), Ace(SID_ADMINISTRATORS, FILE_GENERIC_READ)],
 )
-SD_SYSTEM_READWRITE = security_descriptor(  # O:BAG:BAD:(A;;0x12019f;;;SY)(A;;0x12019f;;;BA)
-    SID_ADMINISTRATORS,
+SD_SYSTEM_READWRITE = security_descriptor(  # O:SYG:BAD:(A;;0x12019f;;;SY)(A;;0x12019f;;;BA)
+    SID_LOCAL_SYSTEM,
     SID_ADMINISTRATORS,
     [
         Ace(SID_LOCAL_SYSTEM, FILE_READ_WRITE_NO_DELETE),
         Ace(SID_ADMINISTRATORS, FILE_READ_WRITE_NO_DELETE),
     ],
 )
-# Root directory: the ACL Windows 8 and later give the root of a newly formatted data volume
-# (Administrators and SYSTEM full control, Authenticated Users modify below and "create folders"
-# here, Users read & execute).  Not checked against a Windows-made image: a documented guess.
+_INHERIT_ONLY_ALL = OBJECT_INHERIT | CONTAINER_INHERIT | INHERIT_ONLY
 SD_ROOT = security_descriptor(
-    # O:SYG:SYD:(A;OICI;FA;;;BA)(A;OICI;FA;;;SY)(A;OICIIO;SDGRGWGX;;;AU)(A;;LC;;;AU)
-    #           (A;OICI;0x1200a9;;;BU)
+    # O:SYG:SYD:(A;;FA;;;BA)(A;OICIIO;GA;;;BA)(A;;FA;;;SY)(A;OICIIO;GA;;;SY)(A;;0x1301bf;;;AU)
+    #           (A;OICIIO;SDGXGWGR;;;AU)(A;;0x1200a9;;;BU)(A;OICIIO;GXGR;;;BU)
     SID_LOCAL_SYSTEM,
     SID_LOCAL_SYSTEM,
     [
-        Ace(SID_ADMINISTRATORS, FILE_ALL_ACCESS, OBJECT_INHERIT | CONTAINER_INHERIT),
-        Ace(SID_LOCAL_SYSTEM, FILE_ALL_ACCESS, OBJECT_INHERIT | CONTAINER_INHERIT),
-        Ace(
-            SID_AUTHENTICATED_USERS,
-            MODIFY_GENERIC,
-            OBJECT_INHERIT | CONTAINER_INHERIT | INHERIT_ONLY,
-        ),
-        Ace(SID_AUTHENTICATED_USERS, FILE_APPEND_DATA),
-        Ace(SID_USERS, FILE_READ_EXECUTE, OBJECT_INHERIT | CONTAINER_INHERIT),
+        Ace(SID_ADMINISTRATORS, FILE_ALL_ACCESS),
+        Ace(SID_ADMINISTRATORS, GENERIC_ALL, _INHERIT_ONLY_ALL),
+        Ace(SID_LOCAL_SYSTEM, FILE_ALL_ACCESS),
+        Ace(SID_LOCAL_SYSTEM, GENERIC_ALL, _INHERIT_ONLY_ALL),
+        Ace(SID_AUTHENTICATED_USERS, FILE_MODIFY),
+        Ace(SID_AUTHENTICATED_USERS, MODIFY_GENERIC, _INHERIT_ONLY_ALL),
+        Ace(SID_USERS, FILE_READ_EXECUTE),
+        Ace(SID_USERS, READ_EXECUTE_GENERIC, _INHERIT_ONLY_ALL),
     ],
 )
-# "System Volume Information" and "WcSandboxState": SYSTEM only, full control, inherited by
-# everything below, protected from the root's inheritable ACEs, owned by Administrators.  This is
-# the descriptor Windows gives System Volume Information (``icacls`` shows only
-# "NT AUTHORITY\SYSTEM:(OI)(CI)(F)"; DiscUtils' formatter writes O:BAG:SYD:(A;OICI;FA;;;SY)).  For
-# WcSandboxState no public source shows its ACL; the container tooling treats it like System
-# Volume Information (both are skipped as "metadata that needs extra privileges to read", e.g.
-# buildkit's fsutil), so it gets the same descriptor: a documented guess.
+# "System Volume Information" and "WcSandboxState" (not on a volume Windows has not mounted yet,
+# so not in that image): SYSTEM only, full control, inherited by everything below, protected from
+# the root's inheritable ACEs, owned by Administrators.  What Windows shows for System Volume
+# Information (``icacls``: only "NT AUTHORITY\SYSTEM:(OI)(CI)(F)"; DiscUtils' formatter writes
+# O:BAG:SYD:(A;OICI;FA;;;SY)).  For WcSandboxState no public source shows its ACL; container
+# tooling treats it like System Volume Information (both skipped as "metadata that needs extra
+# privileges to read", e.g. buildkit's fsutil), so it gets the same one: a documented guess.
 SD_SYSTEM_ONLY_DIRECTORY = security_descriptor(  # O:BAG:SYD:P(A;OICI;FA;;;SY)
     SID_ADMINISTRATORS,
     SID_LOCAL_SYSTEM,
@@ -142,11 +142,11 @@ SD_SYSTEM_ONLY_DIRECTORY = security_descriptor(  # O:BAG:SYD:P(A;OICI;FA;;;SY)
     control=SE_DACL_PROTECTED,
 )
 
+# The descriptors kept in $Secure, security ids from 0x100 in this order.
 VOLUME_DESCRIPTORS: tuple[bytes, ...] = (
-    SD_SYSTEM_READONLY,  # security id 0x100
+    SD_SYSTEM_READONLY,  # 0x100
     SD_SYSTEM_READWRITE,  # 0x101
-    SD_ROOT,  # 0x102
-    SD_SYSTEM_ONLY_DIRECTORY,  # 0x103
+    SD_SYSTEM_ONLY_DIRECTORY,  # 0x102
 )
 
 
