@@ -53,6 +53,13 @@ def register(subparsers: Any) -> None:
         default=None,
         help="size of a newly made scratch template (default 10G)",
     )
+    parser.add_argument(
+        "--durability",
+        choices=("full", "fast"),
+        default="full",
+        help="full: every acknowledged operation survives a power loss (fsync, default); "
+        "fast: it survives a crash of this process, a power loss may undo the last ones",
+    )
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=argparse.SUPPRESS)
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
@@ -87,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             root,
             mode=args.mode,
             template_size=args.template_size or DEFAULT_TEMPLATE_SIZE,
+            durable=args.durability == "full",
         )
         server = SnapshotterServer(snapshotter, address, workers=args.workers)
         try:

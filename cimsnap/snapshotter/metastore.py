@@ -20,8 +20,14 @@ invalid argument.
 Concurrency: WAL journal, one transaction per operation.  Write transactions start with
 ``BEGIN IMMEDIATE`` and are serialized within the process by a lock (fair queueing for threads)
 and across processes by SQLite's write lock (with a long busy timeout).  Each thread uses its own
-connection.  ``synchronous=FULL`` makes every committed operation durable before the snapshotter
-deletes files that depended on it.
+connection.
+
+Durability: with ``durable=True`` (the default) every write transaction is on disk when it
+returns (``synchronous=FULL``).  With ``durable=False`` a commit survives the death of the
+process but not necessarily a power loss (``synchronous=NORMAL``: the WAL is synced at the next
+durable commit or checkpoint); callers still ask for a durable commit (``transaction(...,
+durable=True)``) before deleting files that depended on the change, which also makes every
+earlier commit durable.
 """
 
 from __future__ import annotations
@@ -309,8 +315,9 @@ class Transaction:
 class MetaStore:
     """The metadata database of one snapshotter root (storage.MetaStore)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, durable: bool = True) -> None:
         self.path = Path(path)
+        self.durable = durable
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
@@ -329,7 +336,7 @@ class MetaStore:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
         except sqlite3.Error as err:
             raise MetaStoreError(f"cannot open metadata database: {err}", path=self.path) from err
         with self._connections_lock:
@@ -378,32 +385,48 @@ class MetaStore:
         return conn
 
     @contextlib.contextmanager
-    def transaction(self, writable: bool = False) -> Iterator[Transaction]:
-        """One transaction: committed when the block ends normally, rolled back otherwise."""
+    def transaction(
+        self, writable: bool = False, *, durable: bool | None = None
+    ) -> Iterator[Transaction]:
+        """One transaction: committed when the block ends normally, rolled back otherwise.
+
+        ``durable=True`` syncs this commit (and so every earlier one) to disk even in a store
+        opened with ``durable=False``.
+        """
         conn = self._conn()
         if conn.in_transaction:
             raise MetaStoreError("nested metadata transactions are not supported")
         lock = self._write_lock if writable else contextlib.nullcontext()
+        force_sync = bool(writable and durable and not self.durable)
         with lock:
+            if force_sync:
+                conn.execute("PRAGMA synchronous = FULL")
             try:
-                conn.execute("BEGIN IMMEDIATE" if writable else "BEGIN")
-            except sqlite3.Error as err:
-                raise MetaStoreError(f"failed to start transaction: {err}", path=self.path) from err
-            try:
-                yield Transaction(conn, writable)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            try:
-                if writable:
-                    conn.execute("COMMIT")
-                else:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise MetaStoreError(f"commit failed: {err}", path=self.path) from err
+                yield from self._run(conn, writable)
+            finally:
+                if force_sync:
+                    conn.execute("PRAGMA synchronous = NORMAL")
+
+    def _run(self, conn: sqlite3.Connection, writable: bool) -> Iterator[Transaction]:
+        try:
+            conn.execute("BEGIN IMMEDIATE" if writable else "BEGIN")
+        except sqlite3.Error as err:
+            raise MetaStoreError(f"failed to start transaction: {err}", path=self.path) from err
+        try:
+            yield Transaction(conn, writable)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            if writable:
+                conn.execute("COMMIT")
+            else:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as err:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise MetaStoreError(f"commit failed: {err}", path=self.path) from err
 
     def close(self) -> None:
         """Close every connection (containerd's MetaStore.Close)."""

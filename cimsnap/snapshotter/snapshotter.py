@@ -20,6 +20,12 @@ Behaviour (containerd `plugins/snapshots/windows/{cimfs,common,windows}.go` afte
 - Remove renames the directory to ``rm-<id>`` inside the transaction and deletes it (and the
   layer CIM) after the commit; leftovers are finished by Cleanup, which also deletes directories
   and CIMs no snapshot owns and puts back an ``rm-<id>`` whose removal never committed.
+
+Durability: by default (``durable=True``) every acknowledged operation survives a power loss
+(scratch copies and metadata commits are fsynced).  ``durable=False`` ("fast") skips those
+syncs: an acknowledged operation survives the death of the process, and a power loss can undo
+the last Prepare/View/Commit/Update (Cleanup then removes what they left); Remove and Cleanup
+always commit durably before they delete files.
 """
 
 from __future__ import annotations
@@ -148,7 +154,7 @@ class CimFSSnapshotter:
         self.durable = durable
         self.allow_reflink = allow_reflink
         self.layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.ms = MetaStore(self.layout.metadata_db)
+        self.ms = MetaStore(self.layout.metadata_db, durable=durable)
         try:
             self.layout.snapshots.mkdir(mode=0o700, exist_ok=True)
             self.layout.cim_layers.mkdir(mode=0o755, exist_ok=True)
@@ -378,7 +384,8 @@ class CimFSSnapshotter:
         path = renamed = None
         restore = False
         try:
-            with self.ms.transaction(writable=True) as tx:
+            # durable even in fast mode: the files go right after this commit
+            with self.ms.transaction(writable=True, durable=True) as tx:
                 snapshot_id, _ = tx.remove(key)
                 path = self.layout.snapshot_dir(snapshot_id)
                 renamed = self.layout.removed_dir(snapshot_id)
@@ -408,7 +415,7 @@ class CimFSSnapshotter:
         """
         actions: list[str] = []
         garbage: list[Path] = []
-        with self.ms.transaction(writable=True) as tx:
+        with self.ms.transaction(writable=True, durable=True) as tx:
             live = tx.id_map()
             snapshots = self.layout.snapshots
             for entry in sorted(os.listdir(snapshots)):

@@ -2,10 +2,11 @@
 
     python -m tests.snapshotter.crash_worker ROOT SCENARIO SEED
 
-``random``: endless random Prepare/View/Commit/Remove/label work; the test SIGKILLs it at a
-random moment.  The other scenarios set up some state, then SIGKILL themselves at one precise
-point of an operation (after the directory rename of Remove, inside the Commit transaction...),
-so each dangerous point is hit every run.  The worker prints READY when the random work starts.
+``random`` (``random-fast``: without fsyncs): endless random Prepare/View/Commit/Remove work;
+the test SIGKILLs it at a random moment.  The other scenarios set up some state, then SIGKILL
+themselves at one precise point of an operation (after the directory rename of Remove, inside
+the Commit transaction...), so each dangerous point is hit every run.  The worker prints READY
+when the random work starts.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def main(root: str, scenario: str, seed: int) -> None:
             kill_after(template.Template, "_create_base")
         CimFSSnapshotter(root)
         return
-    sn = CimFSSnapshotter(root)
+    fast = scenario.endswith("-fast")  # --durability fast: no fsyncs, still kill-safe
+    scenario = scenario.removesuffix("-fast")
+    sn = CimFSSnapshotter(root, durable=not fast)
     existing = {i.name for i in sn.walk()}
     top = "base1" if "base1" in existing else layers(sn, "base", 2)  # a later random round
     if "ctr-victim" not in existing:

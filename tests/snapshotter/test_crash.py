@@ -104,12 +104,13 @@ def test_kill_during_template_creation(tmp_path: Path, scenario: str) -> None:
         sn.close()
 
 
-def test_kill_at_random_moments(template_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scenario", ["random", "random-fast"])
+def test_kill_at_random_moments(template_dir: Path, tmp_path: Path, scenario: str) -> None:
     root = tmp_path / "root"
     seed_template(template_dir, root)
     rng = random.Random(2002)
-    for round_ in range(6):
-        run_worker(root, "random", seed=round_, kill_after=rng.uniform(0.05, 0.6))
+    for round_ in range(5):
+        run_worker(root, scenario, seed=round_, kill_after=rng.uniform(0.05, 0.6))
         sn = restart(root)
         try:
             infos = list(sn.walk())

@@ -368,3 +368,22 @@ TestMetaStoreModel.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_fast_store_syncs_only_when_asked(tmp_path: Path) -> None:
+    store = MetaStore(tmp_path / "fast.db", durable=False)
+    try:
+        with store.transaction(writable=True) as tx:
+            assert tx._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        with store.transaction(writable=True, durable=True) as tx:
+            assert tx._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        with store.transaction(writable=True) as tx:
+            assert tx._conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    finally:
+        store.close()
+    durable = MetaStore(tmp_path / "full.db")
+    try:
+        with durable.transaction(writable=True) as tx:
+            assert tx._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    finally:
+        durable.close()
