@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cimsnap.errors import AlreadyExistsError, UsageError
+from cimsnap.formats import vhdx
 from cimsnap.formats.blockdev import BlockDevice, WindowDevice
 from cimsnap.formats.gpt import BASIC_DATA, MICROSOFT_RESERVED, new_table, write_gpt
 from cimsnap.formats.ntfs import NtfsLayout, format_volume
@@ -132,9 +133,7 @@ def format_scratch(
 
 def _reads_as_zeros(dev: BlockDevice) -> bool:
     """True when the device certainly reads as zeros (no payload, no parent, no data)."""
-    from cimsnap.formats.vhdx import VhdxDisk
-
-    if isinstance(dev, VhdxDisk):
+    if isinstance(dev, vhdx.VhdxDisk):
         if dev.is_differencing:
             return False
         from cimsnap.formats.vhdx.structs import (
@@ -165,8 +164,6 @@ def create_scratch(
     partition_guid: uuid.UUID | None = None,
 ) -> ScratchLayout:
     """Create a dynamic VHDX at ``path`` and format it as a scratch disk (all or nothing)."""
-    from cimsnap.formats import vhdx
-
     final = Path(path)
     if final.exists():
         raise AlreadyExistsError("the scratch disk already exists", path=final)

@@ -111,9 +111,15 @@ def _windows_upper(cp: int) -> int:
 @functools.cache
 def upcase_table() -> tuple[int, ...]:
     """The 65,536 entries: ``upcase_table()[unit]`` is the uppercase UTF-16 code unit."""
-    return tuple(
-        cp if 0xD800 <= cp <= 0xDFFF else _windows_upper(cp) for cp in range(TABLE_ENTRIES)
-    )
+    table = list(range(TABLE_ENTRIES))
+    chars = [chr(cp) for cp in range(TABLE_ENTRIES)]
+    # Only characters whose (full) uppercase differs can map anywhere; str.upper runs in C.
+    for ch, upper in zip(chars, map(str.upper, chars), strict=True):
+        if ch != upper:
+            cp = ord(ch)
+            if not 0xD800 <= cp <= 0xDFFF:
+                table[cp] = _windows_upper(cp)
+    return tuple(table)
 
 
 @functools.cache

@@ -109,3 +109,10 @@ def test_every_mapping_is_a_unicode_simple_case_pair() -> None:
         if up != cp:
             assert chr(up).lower() == chr(cp), hex(cp)
             assert table[up] == up  # uppercase letters are fixed points
+
+
+def test_windows_crc64_constant_matches_the_table() -> None:
+    from cimsnap.formats.ntfs.values import WINDOWS_UPCASE_CRC64, crc64, upcase_info
+
+    assert crc64(upcase_table_bytes()) == WINDOWS_UPCASE_CRC64
+    assert upcase_info(b"\0" * 10)[8:16] == crc64(b"\0" * 10).to_bytes(8, "little")
