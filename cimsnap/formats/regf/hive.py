@@ -807,8 +807,11 @@ class Hive:
         U32.pack_into(self._buf, pos, count + 1)
 
     def _release_security(self, sk: int) -> None:
+        self._security_descriptor(sk)
         pos = BASE_BLOCK_SIZE + sk + 4
         flink, blink, count = struct.unpack_from("<III", self._buf, pos + SK_FLINK)
+        self._security_descriptor(flink)  # both neighbours must be sk records before relinking
+        self._security_descriptor(blink)
         if count > 1:
             U32.pack_into(self._buf, pos + SK_REFCOUNT, count - 1)
             return
@@ -828,7 +831,9 @@ class Hive:
             flink = blink = sk
         else:
             head = self.root.security_offset
+            self._security_descriptor(head)
             (last,) = U32.unpack_from(self._buf, BASE_BLOCK_SIZE + head + 4 + SK_BLINK)
+            self._security_descriptor(last)
             flink, blink = head, last
             U32.pack_into(self._buf, BASE_BLOCK_SIZE + last + 4 + SK_FLINK, sk)
             U32.pack_into(self._buf, BASE_BLOCK_SIZE + head + 4 + SK_BLINK, sk)

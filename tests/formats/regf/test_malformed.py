@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cimsnap.errors import FormatError
+from cimsnap.errors import FormatError, NotFoundError
 from cimsnap.formats.regf import Hive, RegfError, RegType
 from cimsnap.formats.regf.structures import checksum
 
@@ -211,5 +211,40 @@ def test_random_damage_never_crashes(flips: list[tuple[int, int]]) -> None:
     struct.pack_into("<I", image, 508, checksum(image))
     try:
         _read_everything(bytes(image))
+    except RegfError as err:
+        assert "\n" not in str(err)
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
+@given(
+    st.lists(
+        st.tuples(st.integers(BASE, len(SAMPLE) - 1), st.integers(0, 255)), min_size=1, max_size=6
+    )
+)
+def test_editing_a_damaged_hive_fails_cleanly(flips: list[tuple[int, int]]) -> None:
+    """Edits of a damaged hive work or raise RegfError/NotFoundError; never anything else.
+
+    Damage the edits do not touch stays in the saved hive, so reading it back may still fail,
+    but again only with RegfError."""
+    image = bytearray(SAMPLE)
+    for position, value in flips:
+        image[position] = value
+    try:
+        hive = Hive.from_bytes(bytes(image), source="bad.hiv")
+        hive.set_value("A\\B", "new", RegType.REG_BINARY, b"\x01" * 20000)
+        hive.create_key("Many\\k0001x")
+        hive.delete_key("A")
+        hive.delete_key("Many\\k0300")
+        saved = hive.to_bytes()
+    except (RegfError, NotFoundError) as err:
+        assert "\n" not in str(err)
+        return
+    try:
+        _read_everything(saved)
     except RegfError as err:
         assert "\n" not in str(err)
