@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import uuid
 from pathlib import Path
@@ -141,3 +142,11 @@ def test_missing_and_non_disk_files(tmp_path: Path) -> None:
     tiny.write_bytes(b"\0" * 100)
     with pytest.raises(ScratchError):
         partition_info(tiny)
+
+
+def test_windows_made_mbr_vhdx(testdata: Path, tmp_path: Path) -> None:
+    """A VHDX Windows 10 partitioned with MBR (and formatted NTFS) is refused as not GPT."""
+    path = tmp_path / "fixed.vhdx"
+    path.write_bytes(gzip.decompress((testdata / "vhdx" / "dissect_fixed.vhdx.gz").read_bytes()))
+    with pytest.raises(ScratchError, match="MBR, not GPT"):
+        partition_info(path)

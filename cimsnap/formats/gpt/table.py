@@ -18,6 +18,7 @@ import struct
 import uuid
 import zlib
 from dataclasses import dataclass, field, replace
+from typing import NoReturn
 
 from cimsnap.formats.blockdev import BlockDevice
 from cimsnap.formats.gpt.errors import GptError
@@ -367,13 +368,11 @@ def read_gpt(dev: BlockDevice, *, sector_size: int | None = None) -> GptTable:
     Raises :class:`GptError` when the disk has no GPT (an MBR disk, a blank disk) or when both
     copies are damaged.
     """
-    ss = sector_size or detect_sector_size(dev)
+    ss = detect_sector_size(dev)
     if ss is None:
-        lba0 = dev.read_at(0, 512) if dev.size >= 512 else b""
-        records = parse_mbr(lba0)
-        if records is not None and any(r.used for r in records) and not is_protective(records):
-            raise GptError("the disk is partitioned with MBR, not GPT")
-        raise GptError("the disk has no GUID partition table")
+        _raise_no_gpt(dev)
+    if sector_size is not None:
+        ss = sector_size
     if dev.size % ss:
         raise GptError(f"disk size {dev.size} is not a multiple of the sector size {ss}")
     disk_sectors = dev.size // ss
@@ -425,6 +424,15 @@ def read_gpt(dev: BlockDevice, *, sector_size: int | None = None) -> GptTable:
         damaged=problems,
     )
     return table
+
+
+def _raise_no_gpt(dev: BlockDevice) -> NoReturn:
+    """No 'EFI PART' header anywhere: say whether the disk is MBR-partitioned or blank."""
+    lba0 = dev.read_at(0, 512) if dev.size >= 512 else b""
+    records = parse_mbr(lba0)
+    if records is not None and any(r.used for r in records) and not is_protective(records):
+        raise GptError("the disk is partitioned with MBR, not GPT")
+    raise GptError("the disk has no GUID partition table")
 
 
 def _read_copy(
