@@ -156,15 +156,30 @@ class Hive:
         and a note in ``hive.warnings``; ``strict=True`` makes that an error instead.
         """
         path = Path(path)
-        image = bytearray(path.read_bytes())
+        data = path.read_bytes()
         found = hivelogs.find_logs(path) if recover else []
-        if recover and hivelogs.needs_recovery(image) and found:
-            result = hivelogs.recover(image, [(p, p.read_bytes()) for p in found], source=path)
-            hive = cls(result.image, path, strict=True)
-            hive.recovered_from = result.applied
-        else:
-            hive = cls(image, path, strict=strict)
+        logs = [(p, p.read_bytes()) for p in found]
+        hive = cls._recovered(data, logs, path, strict=strict)
         hive.path = path
+        return hive
+
+    @classmethod
+    def _recovered(
+        cls, data: bytes, logs: list[tuple[Path, bytes]], source: Path, *, strict: bool
+    ) -> Hive:
+        image = bytearray(data)
+        if not logs or not hivelogs.needs_recovery(image):
+            return cls(image, source, strict=strict)
+        try:
+            result = hivelogs.recover(image, logs, source=source)
+        except RegfError as err:
+            if strict:
+                raise
+            hive = cls(bytearray(data), source, strict=False)
+            hive.warnings.append(f"transaction logs not applied: {err.message}")
+            return hive
+        hive = cls(result.image, source, strict=True)
+        hive.recovered_from = result.applied
         return hive
 
     @classmethod
@@ -177,15 +192,8 @@ class Hive:
         strict: bool = False,
     ) -> Hive:
         """A hive from the bytes of a primary file (and optionally of its transaction logs)."""
-        image = bytearray(data)
-        if logs and hivelogs.needs_recovery(image):
-            result = hivelogs.recover(
-                image, [(Path(name), raw) for name, raw in logs], source=Path(source)
-            )
-            hive = cls(result.image, source, strict=True)
-            hive.recovered_from = result.applied
-            return hive
-        return cls(image, source, strict=strict)
+        named = [(Path(name), bytes(raw)) for name, raw in logs]
+        return cls._recovered(bytes(data), named, Path(source), strict=strict)
 
     @classmethod
     def create(

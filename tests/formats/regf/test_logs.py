@@ -215,7 +215,11 @@ def test_spec_old_format_recovery(versions: Versions) -> None:
     struct.pack_into("<Q", stale, 12, 1)
     struct.pack_into("<I", stale, 508, checksum(stale))
     with pytest.raises(RegfError, match="none of its transaction logs applies"):
-        Hive.from_bytes(_make_dirty(v1), logs=[("H.LOG", bytes(stale))])
+        Hive.from_bytes(_make_dirty(v1), logs=[("H.LOG", bytes(stale))], strict=True)
+    # not strict: read as it is, with the reason among the warnings
+    as_is = Hive.from_bytes(_make_dirty(v1), logs=[("H.LOG", bytes(stale))])
+    assert as_is.dirty and any("not applied" in w for w in as_is.warnings)
+    assert bytes(as_is._buf[PAGE:]) == v1[PAGE:]
 
 
 def test_clean_hive_ignores_logs(versions: Versions, tmp_path: Path) -> None:
