@@ -98,8 +98,10 @@ class CimLayerWriter:
         cim_path: Path | None = None,
         parent_cims: list[Path] | tuple[Path, ...] | None = None,
         clock: Clock = filetime_now,
+        source_name: str | None = None,
     ) -> None:
         self.layer_dir = Path(layer_dir).absolute()
+        self.source_name = source_name  # the tar's name, for errors
         self.parents = [Path(p).absolute() for p in parents]
         self.cim_path = (
             Path(cim_path) if cim_path is not None else layout.cim_path_for(self.layer_dir)
@@ -141,15 +143,15 @@ class CimLayerWriter:
         try:
             self._dispatch(entry)
         except LayerError as err:
-            if err.offset is None and entry.tar_name:
-                err.path = Path(entry.tar_name)
+            if err.offset is None:
+                err.path = Path(self.source_name) if self.source_name else None
                 err.offset = entry.offset
                 err.inner = err.inner or entry.stream_path
             raise
         except CimsnapError as err:
             raise LayerError(
                 err.message,
-                path=entry.tar_name or None,
+                path=self.source_name,
                 offset=entry.offset,
                 inner=entry.stream_path,
             ) from err
@@ -384,7 +386,12 @@ def import_cim_layer(
     ``progress`` is called with the number of tar bytes consumed after each entry.
     """
     writer = CimLayerWriter(
-        layer_dir, parents, cim_path=cim_path, parent_cims=parent_cims, clock=clock
+        layer_dir,
+        parents,
+        cim_path=cim_path,
+        parent_cims=parent_cims,
+        clock=clock,
+        source_name=name,
     )
     try:
         reader = WinTarReader(stream, name=name)

@@ -188,3 +188,56 @@ def assert_cim_matches(
         assert previous == file_id, f"{path}: should be a hard link of FileID {previous}"
     # Different model nodes must be different files.
     assert len(set(ids_by_node.values())) == len(ids_by_node), "two files share a FileID"
+
+
+def cim_listing(image: CimImage) -> dict[str, int]:
+    """Folded path -> FileID of every entry below the root."""
+    out = {}
+    for _top, dirs, files in image.walk("\\"):
+        for entry in [*dirs, *files]:
+            out[fold(entry.path.lstrip("\\"))] = entry.file_id
+    return out
+
+
+def assert_same_cims(
+    a: CimImage,
+    b: CimImage,
+    *,
+    ignore: set[str] = frozenset(),  # type: ignore[assignment]
+    ignore_content: set[str] = frozenset(),  # type: ignore[assignment]
+) -> None:
+    """Two images hold the same tree: names, metadata, data, streams and hard-link structure."""
+    left, right = cim_listing(a), cim_listing(b)
+    keys = set(left) - ignore
+    assert keys == set(right) - ignore, (
+        f"only in first: {sorted(keys - set(right))}; only in second: "
+        f"{sorted(set(right) - ignore - keys)}"
+    )
+    pairs: dict[int, int] = {}
+    for key in sorted(keys):
+        sa, sb = a.stat(left[key]), b.stat(right[key])
+        assert sa.is_dir == sb.is_dir, key
+        if key in ignore_content:
+            continue
+        fields = (
+            "attributes",
+            "creation_time",
+            "last_write_time",
+            "change_time",
+            "last_access_time",
+            "security_descriptor",
+            "extended_attributes",
+            "reparse_buffer",
+            "size",
+        )
+        for name in fields:
+            assert getattr(sa, name) == getattr(sb, name), f"{key}: {name} differs"
+        assert [(s.name, s.size) for s in sa.streams] == [(s.name, s.size) for s in sb.streams]
+        if not sa.is_dir:
+            assert a.read(left[key]) == b.read(right[key]), f"{key}: data differs"
+            for s in sa.streams:
+                assert a.read(left[key], s.name) == b.read(right[key], s.name)
+            assert pairs.setdefault(left[key], right[key]) == right[key], (
+                f"{key}: hard-link structure differs"
+            )
+    assert len(set(pairs.values())) == len(pairs), "hard-link structure differs"
