@@ -26,6 +26,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cimsnap.formats.blockdev import BlockDevice
 from cimsnap.formats.ntfs import constants as c
@@ -76,6 +77,8 @@ SCRATCH_DIRECTORIES = ("System Volume Information", "WcSandboxState")
 
 HIDDEN_SYSTEM = c.FILE_ATTRIBUTE_HIDDEN | c.FILE_ATTRIBUTE_SYSTEM
 LEGACY_SI_SIZE = 48  # NTFS 1.2 $STANDARD_INFORMATION: times, attributes, versions, class id
+DIRECTORY_NAME = c.FILE_NAME_INDEX_PRESENT  # a directory's $FILE_NAME attributes carry this
+DIRECTORY_RECORD = c.RECORD_IN_USE | c.RECORD_IS_DIRECTORY
 
 
 @dataclass(frozen=True)
@@ -186,44 +189,156 @@ def format_volume(
         raise NtfsError(f"invalid initial MFT size of {mft_records} records")
     if len(label.encode("utf-16-le")) > 2 * 128:
         raise NtfsError("volume label is longer than 128 characters")
-    partition_sectors = dev.size // sector_size
-    total_sectors = partition_sectors - 1  # the last sector holds the backup boot sector
-    spc = cluster_size // sector_size
-    clusters = total_sectors // spc
+    total_sectors = dev.size // sector_size - 1  # the last sector holds the backup boot sector
+    clusters = total_sectors // (cluster_size // sector_size)
     if clusters < 256:
         raise NtfsError(f"a volume of {dev.size} bytes is too small for NTFS")
-    now = timestamp if timestamp is not None else filetime_now()
-    serial = serial if serial is not None else int.from_bytes(os.urandom(8), "little")
     log_bytes = log_size if log_size is not None else default_log_size(dev.size, cluster_size)
     if log_bytes % max(cluster_size, LOG_PAGE_SIZE):
         raise NtfsError(f"$LogFile size {log_bytes} is not a whole number of pages")
-
-    alloc = _Allocator(clusters)
-    boot_clusters = _ceil_div(BOOT_BYTES, cluster_size)
-    boot_lcn = alloc.take(boot_clusters)
-    mirr_clusters = _ceil_div(MFT_MIRROR_RECORDS * MFT_RECORD_SIZE, cluster_size)
-    mirr_lcn = alloc.take(mirr_clusters)
-    attrdef = attrdef_table()
-    attrdef_clusters = _ceil_div(len(attrdef), cluster_size)
-    attrdef_lcn = alloc.take(attrdef_clusters)
-    mft_clusters = mft_records * MFT_RECORD_SIZE // cluster_size
-    mft_lcn = alloc.take(mft_clusters)
-    mft_bitmap_size = _ceil_div(_ceil_div(mft_records, 8), 8) * 8
-    mft_bitmap_clusters = _ceil_div(mft_bitmap_size, cluster_size)
-    mft_bitmap_lcn = alloc.take(mft_bitmap_clusters)
-    upcase = upcase_table_bytes()
-    upcase_clusters = _ceil_div(len(upcase), cluster_size)
-    upcase_lcn = alloc.take(upcase_clusters)
-    secure = build_secure(VOLUME_DESCRIPTORS)
-    sds_clusters = _ceil_div(secure.data_size, cluster_size)
-    sds_lcn = alloc.take(sds_clusters)
-
+    builder = _VolumeBuilder(
+        sector_size=sector_size,
+        cluster_size=cluster_size,
+        clusters=clusters,
+        mft_records=mft_records,
+        log_bytes=log_bytes,
+        now=timestamp if timestamp is not None else filetime_now(),
+        label=label,
+    )
+    builder.build(scratch_directories=scratch_directories)
+    boot = BootSector(
+        bytes_per_sector=sector_size,
+        sectors_per_cluster=cluster_size // sector_size,
+        hidden_sectors=hidden_sectors,
+        total_sectors=total_sectors,
+        mft_lcn=builder.mft_lcn,
+        mftmirr_lcn=builder.mirr_lcn,
+        mft_record_size=MFT_RECORD_SIZE,
+        index_block_size=INDEX_BLOCK_SIZE,
+        serial=serial if serial is not None else int.from_bytes(os.urandom(8), "little"),
+    )
     writer = _Writer(dev, zeroed)
-    block_clusters = _ceil_div(INDEX_BLOCK_SIZE, cluster_size)
-    index_blocks: list[tuple[int, bytes]] = []  # (lcn, protected block)
+    builder.write(writer, boot, fill_log=fill_log)
+    dev.flush()
+    return NtfsLayout(
+        sector_size=sector_size,
+        cluster_size=cluster_size,
+        total_sectors=total_sectors,
+        total_clusters=clusters,
+        mft_lcn=builder.mft_lcn,
+        mftmirr_lcn=builder.mirr_lcn,
+        bitmap_lcn=builder.bitmap_lcn,
+        logfile_lcn=builder.log_lcn,
+        logfile_size=log_bytes,
+        used_clusters=builder.alloc.next,
+        serial=boot.serial,
+        bytes_written=writer.written,
+    )
 
-    def lay_out_index(
-        entries: list[bytes], indexed_type: int, collation: int, name: str, root_space: int
+
+# A directory's entries while it is being built: (name, file reference, $FILE_NAME value).
+_DirEntries = list[tuple[str, int, bytes]]
+# A view index of a record: (attribute name, sorted entries, collation rule).
+_ViewIndex = tuple[str, list[bytes], int]
+
+
+class _VolumeBuilder:
+    """Plans the clusters and builds every MFT record of a new volume, then writes them.
+
+    Cluster order: $Boot, $MFTMirr, $AttrDef, $MFT, $MFT:$BITMAP, $UpCase, $Secure:$SDS, index
+    blocks as indexes need them, then $Bitmap and $LogFile (sized last, once all else is placed).
+    """
+
+    def __init__(
+        self,
+        *,
+        sector_size: int,
+        cluster_size: int,
+        clusters: int,
+        mft_records: int,
+        log_bytes: int,
+        now: int,
+        label: str,
+    ) -> None:
+        self.sector_size = sector_size
+        self.cs = cluster_size
+        self.clusters = clusters
+        self.mft_records = mft_records
+        self.log_bytes = log_bytes
+        self.now = now
+        self.label = label
+        self.alloc = _Allocator(clusters)
+        self.records: dict[int, bytes] = {}
+        self.index_blocks: list[tuple[int, bytes]] = []  # (LCN, protected INDX block)
+        self.root_entries: _DirEntries = []
+        self.root_ref = file_reference(c.ROOT, c.ROOT)
+        self.block_clusters = _ceil_div(INDEX_BLOCK_SIZE, cluster_size)
+
+        self.boot_clusters = _ceil_div(BOOT_BYTES, cluster_size)
+        self.boot_lcn = self.alloc.take(self.boot_clusters)
+        self.mirr_clusters = _ceil_div(MFT_MIRROR_RECORDS * MFT_RECORD_SIZE, cluster_size)
+        self.mirr_lcn = self.alloc.take(self.mirr_clusters)
+        self.attrdef = attrdef_table()
+        self.attrdef_clusters = _ceil_div(len(self.attrdef), cluster_size)
+        self.attrdef_lcn = self.alloc.take(self.attrdef_clusters)
+        self.mft_clusters = mft_records * MFT_RECORD_SIZE // cluster_size
+        self.mft_lcn = self.alloc.take(self.mft_clusters)
+        self.mft_bitmap_size = _ceil_div(_ceil_div(mft_records, 8), 8) * 8
+        self.mft_bitmap_clusters = _ceil_div(self.mft_bitmap_size, cluster_size)
+        self.mft_bitmap_lcn = self.alloc.take(self.mft_bitmap_clusters)
+        self.upcase = upcase_table_bytes()
+        self.upcase_clusters = _ceil_div(len(self.upcase), cluster_size)
+        self.upcase_lcn = self.alloc.take(self.upcase_clusters)
+        self.secure = build_secure(VOLUME_DESCRIPTORS)
+        self.sds_clusters = _ceil_div(self.secure.data_size, cluster_size)
+        self.sds_lcn = self.alloc.take(self.sds_clusters)
+        self.bitmap_size = _ceil_div(_ceil_div(clusters, 8), 8) * 8
+        self.bitmap_clusters = _ceil_div(self.bitmap_size, cluster_size)
+        self.bitmap_lcn = -1  # placed by build()
+        self.log_lcn = -1
+
+    # --- building blocks -----------------------------------------------------------------------
+    @staticmethod
+    def seq(number: int) -> int:
+        """Sequence numbers: system records carry their own number ($MFT 1), the rest 1."""
+        return number if 0 < number < c.FIRST_MFT_EXTENSION else 1
+
+    def standard_information(self, attributes: int, security_id: int) -> bytes:
+        value = StandardInformation(attributes, security_id, self.now).pack()
+        return resident_attribute(c.AT_STANDARD_INFORMATION, value, instance=0)
+
+    def own_security(self, attributes: int, descriptor: bytes) -> list[bytes]:
+        """An NTFS 1.2 standard information (48 bytes, no security id) and the file's own
+        $SECURITY_DESCRIPTOR, as Windows writes them for the root, $Boot and records 12-15."""
+        legacy = StandardInformation(attributes, 0, self.now).pack()[:LEGACY_SI_SIZE]
+        return [
+            resident_attribute(c.AT_STANDARD_INFORMATION, legacy, instance=0),
+            resident_attribute(c.AT_SECURITY_DESCRIPTOR, descriptor, instance=0),
+        ]
+
+    def file_name(
+        self,
+        parent: int,
+        name: str,
+        attributes: int,
+        alloc_size: int = 0,
+        size: int = 0,
+        namespace: int = c.NAMESPACE_WIN32_AND_DOS,
+    ) -> FileName:
+        return FileName(parent, name, namespace, attributes, self.now, alloc_size, size)
+
+    def data(self, lcn: int, count: int, size: int, name: str = "") -> bytes:
+        return nonresident_attribute(
+            c.AT_DATA,
+            [Run(lcn, count)],
+            instance=0,
+            name=name,
+            data_size=size,
+            cluster_size=self.cs,
+        )
+
+    def index(
+        self, entries: list[bytes], indexed_type: int, collation: int, name: str, root_space: int
     ) -> list[bytes]:
         """The $INDEX_ROOT (+ $INDEX_ALLOCATION and $BITMAP when large) of one index."""
         plan = plan_index(
@@ -231,439 +346,368 @@ def format_volume(
             indexed_type=indexed_type,
             collation=collation,
             block_size=INDEX_BLOCK_SIZE,
-            cluster_size=cluster_size,
+            cluster_size=self.cs,
             root_space=root_space,
         )
         attrs = [resident_attribute(c.AT_INDEX_ROOT, plan.root_value, instance=0, name=name)]
         if plan.large:
             count = len(plan.blocks)
-            lcn = alloc.take(block_clusters * count)
+            lcn = self.alloc.take(self.block_clusters * count)
             for i, block in enumerate(plan.blocks):
-                index_blocks.append((lcn + i * block_clusters, protect_block(block)))
+                self.index_blocks.append((lcn + i * self.block_clusters, protect_block(block)))
+            run = Run(lcn, count * self.block_clusters)
             attrs.append(
                 nonresident_attribute(
                     c.AT_INDEX_ALLOCATION,
-                    [Run(lcn, count * block_clusters)],
+                    [run],
                     instance=0,
                     name=name,
                     data_size=count * INDEX_BLOCK_SIZE,
-                    cluster_size=cluster_size,
+                    cluster_size=self.cs,
                 )
             )
             in_use = bytes([(1 << count) - 1]) + bytes(7)
             attrs.append(resident_attribute(c.AT_BITMAP, in_use, instance=0, name=name))
         return attrs
 
-    # --- records ------------------------------------------------------------------------------
-    root_ref = file_reference(c.ROOT, c.ROOT)
-    extend_ref = file_reference(c.EXTEND, c.EXTEND)
-
-    def seq(number: int) -> int:
-        return number if 0 < number < c.FIRST_MFT_EXTENSION else 1
-
-    def si(attributes: int, security_id: int) -> bytes:
-        return StandardInformation(attributes, security_id, now).pack()
-
-    def own_security(attributes: int, descriptor: bytes) -> list[bytes]:
-        """An NTFS 1.2 standard information (48 bytes, no security id) and the file's own
-        $SECURITY_DESCRIPTOR, as Windows writes them for the root, $Boot and records 12-15."""
-        legacy = StandardInformation(attributes, 0, now).pack()[:LEGACY_SI_SIZE]
-        return [
-            resident_attribute(c.AT_STANDARD_INFORMATION, legacy, instance=0),
-            resident_attribute(c.AT_SECURITY_DESCRIPTOR, descriptor, instance=0),
-        ]
-
-    def fn(parent: int, name: str, attributes: int, alloc_size: int = 0, size: int = 0,
-           namespace: int = c.NAMESPACE_WIN32_AND_DOS) -> FileName:  # fmt: skip
-        return FileName(parent, name, namespace, attributes, now, alloc_size, size)
-
-    def data_runs(lcn: int, count: int) -> list[Run]:
-        return [Run(lcn, count)]
-
-    records: dict[int, bytes] = {}
-    root_entries: list[tuple[str, int, bytes]] = []  # (name, file reference, FN value)
+    def view_indexes(self, indexes: list[_ViewIndex], fixed_bytes: int) -> list[bytes]:
+        return _fit_indexes(
+            indexes,
+            fixed_bytes=fixed_bytes,
+            lay_out=lambda entries, coll, name, space: self.index(entries, 0, coll, name, space),
+        )
 
     def add_record(
+        self,
         number: int,
         attrs: list[bytes],
         *,
         flags: int = c.RECORD_IN_USE,
-        file_name: FileName | None = None,
-        index_in: list[tuple[str, int, bytes]] | None = None,
         link_count: int = 1,
     ) -> None:
         """Assemble a record from attributes in type order, numbering their instances."""
         numbered = [_with_instance(a, i) for i, a in enumerate(attrs)]
-        records[number] = build_file_record(
+        self.records[number] = build_file_record(
             number,
             numbered,
             record_size=MFT_RECORD_SIZE,
-            sequence=seq(number),
+            sequence=self.seq(number),
             flags=flags,
             link_count=link_count,
         )
-        if file_name is not None and index_in is not None:
-            ref = file_reference(number, seq(number))
-            index_in.append((file_name.name, ref, file_name.pack()))
 
-    def system_file(
+    def named_file(
+        self,
         number: int,
-        name: str,
-        security_id: int,
-        data_attrs: list[bytes],
+        name_attr: FileName,
+        attrs: list[bytes],
         *,
+        security_id: int = 0,
         si_attributes: int = HIDDEN_SYSTEM,
-        fn_attributes: int | None = None,
-        record_flags: int = c.RECORD_IN_USE,
-        alloc_size: int = 0,
-        size: int = 0,
-        parent: int = root_ref,
-        index_in: list[tuple[str, int, bytes]] | None = None,
-        namespace: int = c.NAMESPACE_WIN32_AND_DOS,
         own_descriptor: bytes | None = None,
+        flags: int = c.RECORD_IN_USE,
+        directory: _DirEntries | None = None,
     ) -> None:
-        fn_attrs = si_attributes if fn_attributes is None else fn_attributes
-        name_attr = fn(parent, name, fn_attrs, alloc_size, size, namespace)
-        file_name = resident_attribute(
+        """A record with standard information, one $FILE_NAME and ``attrs``; its name goes into
+        ``directory`` (None: not indexed anywhere yet)."""
+        fn_attr = resident_attribute(
             c.AT_FILE_NAME, name_attr.pack(), instance=0, resident_flags=c.RESIDENT_INDEXED
         )
         if own_descriptor is None:
-            info = resident_attribute(
-                c.AT_STANDARD_INFORMATION, si(si_attributes, security_id), instance=0
-            )
-            attrs = [info, file_name, *data_attrs]
+            head = [self.standard_information(si_attributes, security_id), fn_attr]
         else:
-            legacy_si, descriptor = own_security(si_attributes, own_descriptor)
-            attrs = [legacy_si, file_name, descriptor, *data_attrs]
-        add_record(
+            legacy_si, descriptor = self.own_security(si_attributes, own_descriptor)
+            head = [legacy_si, fn_attr, descriptor]
+        self.add_record(number, [*head, *attrs], flags=flags)
+        if directory is not None:
+            ref = file_reference(number, self.seq(number))
+            directory.append((name_attr.name, ref, name_attr.pack()))
+
+    def system_file(
+        self,
+        number: int,
+        name: str,
+        attrs: list[bytes],
+        *,
+        security_id: int = SEC_SYSTEM_READONLY,
+        attributes: int = HIDDEN_SYSTEM,
+        alloc_size: int = 0,
+        size: int = 0,
+        **options: Any,
+    ) -> None:
+        """A metadata file in the root directory (its $STANDARD_INFORMATION and $FILE_NAME both
+        carry ``attributes``)."""
+        name_attr = self.file_name(self.root_ref, name, attributes, alloc_size, size)
+        self.named_file(
             number,
+            name_attr,
             attrs,
-            flags=record_flags,
-            file_name=name_attr,
-            index_in=root_entries if index_in is None else index_in,
+            security_id=security_id,
+            si_attributes=attributes,
+            directory=self.root_entries,
+            **options,
         )
 
-    def nonres_data(lcn: int, count: int, size: int, name: str = "") -> bytes:
-        return nonresident_attribute(
-            c.AT_DATA,
-            data_runs(lcn, count),
+    # --- the volume ----------------------------------------------------------------------------
+    def build(self, *, scratch_directories: bool) -> None:
+        self.build_system_files()
+        self.build_secure_file()
+        next_record = self.build_extend()
+        self.build_reserved_records()
+        if scratch_directories:
+            for name in SCRATCH_DIRECTORIES:
+                self.build_scratch_directory(next_record, name)
+                next_record += 1
+        if next_record > self.mft_records:
+            raise NtfsError("the initial MFT is too small")
+        self.build_root_bitmap_and_log()
+
+    def build_system_files(self) -> None:
+        cs = self.cs
+        mft_size = self.mft_records * MFT_RECORD_SIZE
+        mft_bitmap = nonresident_attribute(
+            c.AT_BITMAP,
+            [Run(self.mft_bitmap_lcn, self.mft_bitmap_clusters)],
             instance=0,
-            name=name,
-            data_size=size,
-            cluster_size=cluster_size,
+            data_size=self.mft_bitmap_size,
+            cluster_size=cs,
         )
-
-    mft_data_size = mft_records * MFT_RECORD_SIZE
-    system_file(
-        c.MFT,
-        "$MFT",
-        SEC_SYSTEM_READONLY,
-        [
-            nonres_data(mft_lcn, mft_clusters, mft_data_size),
-            nonresident_attribute(
-                c.AT_BITMAP,
-                data_runs(mft_bitmap_lcn, mft_bitmap_clusters),
-                instance=0,
-                data_size=mft_bitmap_size,
-                cluster_size=cluster_size,
-            ),
-        ],
-        alloc_size=mft_clusters * cluster_size,
-        size=mft_data_size,
-    )
-    mirr_size = MFT_MIRROR_RECORDS * MFT_RECORD_SIZE
-    system_file(
-        c.MFTMIRR,
-        "$MFTMirr",
-        SEC_SYSTEM_READONLY,
-        [nonres_data(mirr_lcn, mirr_clusters, mirr_size)],
-        alloc_size=mirr_clusters * cluster_size,
-        size=mirr_size,
-    )
-    # $LogFile and $Bitmap are placed last (after every index block is known).
-    volume_attrs = [
-        resident_attribute(c.AT_VOLUME_NAME, label.encode("utf-16-le"), instance=0),
-        resident_attribute(c.AT_VOLUME_INFORMATION, volume_information(3, 1, 0), instance=0),
-        resident_attribute(c.AT_DATA, b"", instance=0),
-    ]
-    system_file(c.VOLUME, "$Volume", SEC_SYSTEM_READWRITE, volume_attrs)
-    system_file(
-        c.ATTRDEF,
-        "$AttrDef",
-        SEC_SYSTEM_READONLY,
-        [nonres_data(attrdef_lcn, attrdef_clusters, len(attrdef))],
-        alloc_size=attrdef_clusters * cluster_size,
-        size=len(attrdef),
-    )
-    system_file(
-        c.BOOT,
-        "$Boot",
-        0,
-        [nonres_data(boot_lcn, boot_clusters, boot_clusters * cluster_size)],
-        alloc_size=boot_clusters * cluster_size,
-        size=boot_clusters * cluster_size,
-        own_descriptor=SD_SYSTEM_READONLY,
-    )
-    system_file(
-        c.BADCLUS,
-        "$BadClus",
-        SEC_SYSTEM_READONLY,
-        [
+        self.system_file(
+            c.MFT,
+            "$MFT",
+            [self.data(self.mft_lcn, self.mft_clusters, mft_size), mft_bitmap],
+            alloc_size=self.mft_clusters * cs,
+            size=mft_size,
+        )
+        mirr_size = MFT_MIRROR_RECORDS * MFT_RECORD_SIZE
+        self.system_file(
+            c.MFTMIRR,
+            "$MFTMirr",
+            [self.data(self.mirr_lcn, self.mirr_clusters, mirr_size)],
+            alloc_size=self.mirr_clusters * cs,
+            size=mirr_size,
+        )
+        volume = [
+            resident_attribute(c.AT_VOLUME_NAME, self.label.encode("utf-16-le"), instance=0),
+            resident_attribute(c.AT_VOLUME_INFORMATION, volume_information(3, 1, 0), instance=0),
             resident_attribute(c.AT_DATA, b"", instance=0),
-            nonresident_attribute(
-                c.AT_DATA,
-                [Run(None, clusters)],
-                instance=0,
-                name="$Bad",
-                data_size=clusters * cluster_size,
-                cluster_size=cluster_size,
-                initialized_size=0,
-            ),
-        ],
-    )
-    system_file(
-        c.UPCASE,
-        "$UpCase",
-        SEC_SYSTEM_READONLY,
-        [
-            nonres_data(upcase_lcn, upcase_clusters, len(upcase)),
-            resident_attribute(c.AT_DATA, upcase_info(upcase), instance=0, name="$Info"),
-        ],
-        alloc_size=upcase_clusters * cluster_size,
-        size=len(upcase),
-    )
-
-    # $Secure: $SDS stream and the $SDH/$SII view indexes.
-    view_attrs = HIDDEN_SYSTEM | c.VIEW_INDEX_PRESENT
-    secure_fixed = [nonres_data(sds_lcn, sds_clusters, secure.data_size, "$SDS")]
-    secure_index = _fit_indexes(
-        [
-            ("$SDH", secure.sdh_entries, c.COLLATION_NTOFS_SECURITY_HASH),
-            ("$SII", secure.sii_entries, c.COLLATION_NTOFS_ULONG),
-        ],
-        fixed_bytes=_fixed_size(["$Secure"], secure_fixed),
-        lay_out=lambda entries, coll, name, space: lay_out_index(entries, 0, coll, name, space),
-    )
-    system_file(
-        c.SECURE,
-        "$Secure",
-        SEC_SYSTEM_READWRITE,
-        secure_fixed + secure_index,
-        si_attributes=view_attrs,
-        record_flags=c.RECORD_IN_USE | c.RECORD_IS_VIEW_INDEX,
-    )
-
-    # $Extend and its children.
-    extend_entries: list[tuple[str, int, bytes]] = []
-    extend_children_attrs = view_attrs  # Windows 10: no archive bit (mkntfs sets it)
-    child_flags = c.RECORD_IN_USE | c.RECORD_IN_EXTEND | c.RECORD_IS_VIEW_INDEX
-    quota_o = [view_entry(SID_ADMINISTRATORS, struct.pack("<I", c.FIRST_SECURITY_ID))]
-    quota_q = [
-        view_entry(struct.pack("<I", owner), _quota_control(now, sid))
-        for owner, sid in ((c.QUOTA_DEFAULTS_ID, b""), (c.FIRST_SECURITY_ID, SID_ADMINISTRATORS))
-    ]
-    children: tuple[tuple[int, str, list[tuple[str, list[bytes], int]]], ...] = (
-        (c.FIRST_NORMAL, "$Quota", [("$O", quota_o, c.COLLATION_NTOFS_SID),
-                                    ("$Q", quota_q, c.COLLATION_NTOFS_ULONG)]),
-        (c.FIRST_NORMAL + 1, "$ObjId", [("$O", [], c.COLLATION_NTOFS_ULONGS)]),
-        (c.FIRST_NORMAL + 2, "$Reparse", [("$R", [], c.COLLATION_NTOFS_ULONGS)]),
-    )  # fmt: skip
-    for number, name, indexes in children:
-        system_file(
-            number,
-            name,
-            SEC_SYSTEM_READWRITE,
-            _fit_indexes(
-                indexes,
-                fixed_bytes=_fixed_size([name], []),
-                lay_out=lambda e, coll, n, space: lay_out_index(e, 0, coll, n, space),
-            ),
-            si_attributes=extend_children_attrs,
-            record_flags=child_flags,
-            parent=extend_ref,
-            index_in=extend_entries,
-            namespace=c.NAMESPACE_POSIX,  # as Windows names $Extend's children
+        ]
+        self.system_file(c.VOLUME, "$Volume", volume, security_id=SEC_SYSTEM_READWRITE)
+        n = len(self.attrdef)
+        self.system_file(
+            c.ATTRDEF,
+            "$AttrDef",
+            [self.data(self.attrdef_lcn, self.attrdef_clusters, n)],
+            alloc_size=self.attrdef_clusters * cs,
+            size=n,
         )
-    directory_flags = c.RECORD_IN_USE | c.RECORD_IS_DIRECTORY
-    system_file(
-        c.EXTEND,
-        "$Extend",
-        SEC_SYSTEM_READWRITE,
-        lay_out_index(
-            _sorted_dir_entries(extend_entries),
+        boot_size = self.boot_clusters * cs
+        self.system_file(
+            c.BOOT,
+            "$Boot",
+            [self.data(self.boot_lcn, self.boot_clusters, boot_size)],
+            alloc_size=boot_size,
+            size=boot_size,
+            own_descriptor=SD_SYSTEM_READONLY,
+        )
+        bad = nonresident_attribute(
+            c.AT_DATA,
+            [Run(None, self.clusters)],
+            instance=0,
+            name="$Bad",
+            data_size=self.clusters * cs,
+            cluster_size=cs,
+            initialized_size=0,
+        )
+        self.system_file(
+            c.BADCLUS, "$BadClus", [resident_attribute(c.AT_DATA, b"", instance=0), bad]
+        )
+        info = resident_attribute(c.AT_DATA, upcase_info(self.upcase), instance=0, name="$Info")
+        n = len(self.upcase)
+        self.system_file(
+            c.UPCASE,
+            "$UpCase",
+            [self.data(self.upcase_lcn, self.upcase_clusters, n), info],
+            alloc_size=self.upcase_clusters * cs,
+            size=n,
+        )
+
+    def build_secure_file(self) -> None:
+        """$Secure: the $SDS stream and the $SDH/$SII view indexes."""
+        sds = [self.data(self.sds_lcn, self.sds_clusters, self.secure.data_size, "$SDS")]
+        indexes: list[_ViewIndex] = [
+            ("$SDH", self.secure.sdh_entries, c.COLLATION_NTOFS_SECURITY_HASH),
+            ("$SII", self.secure.sii_entries, c.COLLATION_NTOFS_ULONG),
+        ]
+        self.system_file(
+            c.SECURE,
+            "$Secure",
+            sds + self.view_indexes(indexes, _fixed_size(["$Secure"], sds)),
+            security_id=SEC_SYSTEM_READWRITE,
+            attributes=HIDDEN_SYSTEM | c.VIEW_INDEX_PRESENT,
+            flags=c.RECORD_IN_USE | c.RECORD_IS_VIEW_INDEX,
+        )
+
+    def build_extend(self) -> int:
+        """$Extend and its children $Quota, $ObjId, $Reparse; returns the next free record."""
+        extend_ref = file_reference(c.EXTEND, c.EXTEND)
+        entries: _DirEntries = []
+        view_attrs = HIDDEN_SYSTEM | c.VIEW_INDEX_PRESENT  # Windows 10: no archive bit
+        quota_o = [view_entry(SID_ADMINISTRATORS, struct.pack("<I", c.FIRST_SECURITY_ID))]
+        quota_q = [
+            view_entry(struct.pack("<I", owner), _quota_control(self.now, owner_sid))
+            for owner, owner_sid in (
+                (c.QUOTA_DEFAULTS_ID, b""),
+                (c.FIRST_SECURITY_ID, SID_ADMINISTRATORS),
+            )
+        ]
+        children: list[tuple[str, list[_ViewIndex]]] = [
+            (
+                "$Quota",
+                [("$O", quota_o, c.COLLATION_NTOFS_SID), ("$Q", quota_q, c.COLLATION_NTOFS_ULONG)],
+            ),
+            ("$ObjId", [("$O", [], c.COLLATION_NTOFS_ULONGS)]),
+            ("$Reparse", [("$R", [], c.COLLATION_NTOFS_ULONGS)]),
+        ]
+        for number, (name, indexes) in enumerate(children, start=c.FIRST_NORMAL):
+            # Windows names $Extend's children in the POSIX namespace.
+            name_attr = self.file_name(extend_ref, name, view_attrs, namespace=c.NAMESPACE_POSIX)
+            self.named_file(
+                number,
+                name_attr,
+                self.view_indexes(indexes, _fixed_size([name], [])),
+                security_id=SEC_SYSTEM_READWRITE,
+                si_attributes=view_attrs,
+                flags=c.RECORD_IN_USE | c.RECORD_IN_EXTEND | c.RECORD_IS_VIEW_INDEX,
+                directory=entries,
+            )
+        extend_index = self.index(
+            _sorted_dir_entries(entries),
             c.AT_FILE_NAME,
             c.COLLATION_FILE_NAME,
             "$I30",
             _root_space(_fixed_size(["$Extend"], [])),
-        ),
-        fn_attributes=HIDDEN_SYSTEM | c.FILE_NAME_INDEX_PRESENT,
-        record_flags=directory_flags,
-    )
+        )
+        name_attr = self.file_name(self.root_ref, "$Extend", HIDDEN_SYSTEM | DIRECTORY_NAME)
+        self.named_file(
+            c.EXTEND,
+            name_attr,
+            extend_index,
+            security_id=SEC_SYSTEM_READWRITE,
+            flags=DIRECTORY_RECORD,
+            directory=self.root_entries,
+        )
+        return c.FIRST_NORMAL + len(children)
 
-    # Reserved records 12-15: in use, no name (what Windows and mkntfs leave there).
-    for number in range(c.FIRST_RESERVED, c.FIRST_MFT_EXTENSION):
-        add_record(
-            number,
-            [
-                *own_security(HIDDEN_SYSTEM, SD_SYSTEM_READWRITE),
+    def build_reserved_records(self) -> None:
+        """Records 12-15: in use, no name (what Windows and mkntfs leave there)."""
+        for number in range(c.FIRST_RESERVED, c.FIRST_MFT_EXTENSION):
+            attrs = [
+                *self.own_security(HIDDEN_SYSTEM, SD_SYSTEM_READWRITE),
                 resident_attribute(c.AT_DATA, b"", instance=0),
-            ],
-            link_count=0,
+            ]
+            self.add_record(number, attrs, link_count=0)
+
+    def build_scratch_directory(self, number: int, name: str) -> None:
+        """An empty hidden + system directory with a SYSTEM-only descriptor, Win32 name only."""
+        name_attr = self.file_name(
+            self.root_ref, name, HIDDEN_SYSTEM | DIRECTORY_NAME, namespace=c.NAMESPACE_WIN32
+        )
+        empty = self.index([], c.AT_FILE_NAME, c.COLLATION_FILE_NAME, "$I30", MFT_RECORD_SIZE)
+        self.named_file(
+            number,
+            name_attr,
+            empty,
+            security_id=SEC_SYSTEM_ONLY_DIRECTORY,
+            flags=DIRECTORY_RECORD,
+            directory=self.root_entries,
         )
 
-    # The scratch directories.
-    next_record = c.FIRST_NORMAL + len(children)
-    if scratch_directories:
-        for name in SCRATCH_DIRECTORIES:
-            name_attr = fn(
-                root_ref,
-                name,
-                HIDDEN_SYSTEM | c.FILE_NAME_INDEX_PRESENT,
-                namespace=c.NAMESPACE_WIN32,
+    def build_root_bitmap_and_log(self) -> None:
+        """The root's index (its block is allocated before the bitmap is), then $Bitmap and
+        $LogFile, whose entries go in the root index with their final sizes."""
+        cs = self.cs
+        names = {
+            c.BITMAP: ("$Bitmap", self.bitmap_clusters * cs, self.bitmap_size),
+            c.LOGFILE: ("$LogFile", self.log_bytes, self.log_bytes),
+        }
+        last_files: dict[int, FileName] = {}
+        for number, (name, alloc_size, size) in names.items():
+            last_files[number] = self.file_name(
+                self.root_ref, name, HIDDEN_SYSTEM, alloc_size, size
             )
-            attrs = [
-                resident_attribute(
-                    c.AT_STANDARD_INFORMATION,
-                    si(HIDDEN_SYSTEM, SEC_SYSTEM_ONLY_DIRECTORY),
-                    instance=0,
-                ),
-                resident_attribute(
-                    c.AT_FILE_NAME, name_attr.pack(), instance=0, resident_flags=c.RESIDENT_INDEXED
-                ),
-                *lay_out_index([], c.AT_FILE_NAME, c.COLLATION_FILE_NAME, "$I30", 4096),
-            ]
-            add_record(
-                next_record,
-                attrs,
-                flags=directory_flags,
-                file_name=name_attr,
-                index_in=root_entries,
-            )
-            next_record += 1
-    if next_record > mft_records:
-        raise NtfsError("the initial MFT is too small")
+            ref = file_reference(number, self.seq(number))
+            self.root_entries.append((name, ref, last_files[number].pack()))
+        root_name = self.file_name(self.root_ref, ".", HIDDEN_SYSTEM | DIRECTORY_NAME)
+        self.root_entries.append((".", self.root_ref, root_name.pack()))
+        own_sd = resident_attribute(c.AT_SECURITY_DESCRIPTOR, SD_ROOT, instance=0)
+        root_index = self.index(
+            _sorted_dir_entries(self.root_entries),
+            c.AT_FILE_NAME,
+            c.COLLATION_FILE_NAME,
+            "$I30",
+            _root_space(_fixed_size(["."], [own_sd])),
+        )
+        self.bitmap_lcn = self.alloc.take(self.bitmap_clusters)
+        self.log_lcn = self.alloc.take(self.log_bytes // cs)
+        self.named_file(
+            c.BITMAP,
+            last_files[c.BITMAP],
+            [self.data(self.bitmap_lcn, self.bitmap_clusters, self.bitmap_size)],
+            security_id=SEC_SYSTEM_READONLY,
+        )
+        self.named_file(
+            c.LOGFILE,
+            last_files[c.LOGFILE],
+            [self.data(self.log_lcn, self.log_bytes // cs, self.log_bytes)],
+            security_id=SEC_SYSTEM_READONLY,
+        )
+        self.named_file(
+            c.ROOT, root_name, root_index, own_descriptor=SD_ROOT, flags=DIRECTORY_RECORD
+        )
 
-    # $Bitmap and $LogFile sizes are known now; place them last.
-    bitmap_size = _ceil_div(_ceil_div(clusters, 8), 8) * 8
-    bitmap_clusters = _ceil_div(bitmap_size, cluster_size)
-    # The root's index block must be allocated before the bitmap is built: reserve it now.
-    root_fixed = _fixed_size(
-        ["."], [resident_attribute(c.AT_SECURITY_DESCRIPTOR, SD_ROOT, instance=0)]
-    )
-    root_name = fn(root_ref, ".", HIDDEN_SYSTEM | c.FILE_NAME_INDEX_PRESENT)
-    root_entries.append((".", root_ref, root_name.pack()))
-    system_file_names = {
-        c.BITMAP: ("$Bitmap", bitmap_clusters * cluster_size, bitmap_size),
-        c.LOGFILE: ("$LogFile", log_bytes, log_bytes),
-    }
-    for number, (name, alloc_size, size) in system_file_names.items():
-        placeholder = fn(root_ref, name, HIDDEN_SYSTEM, alloc_size, size)
-        root_entries.append((name, file_reference(number, seq(number)), placeholder.pack()))
-    root_index = lay_out_index(
-        _sorted_dir_entries(root_entries),
-        c.AT_FILE_NAME,
-        c.COLLATION_FILE_NAME,
-        "$I30",
-        _root_space(root_fixed),
-    )
-    bitmap_lcn = alloc.take(bitmap_clusters)
-    log_clusters = log_bytes // cluster_size
-    log_lcn = alloc.take(log_clusters)
-    system_file(
-        c.BITMAP,
-        "$Bitmap",
-        SEC_SYSTEM_READONLY,
-        [nonres_data(bitmap_lcn, bitmap_clusters, bitmap_size)],
-        alloc_size=bitmap_clusters * cluster_size,
-        size=bitmap_size,
-        index_in=[],
-    )
-    system_file(
-        c.LOGFILE,
-        "$LogFile",
-        SEC_SYSTEM_READONLY,
-        [nonres_data(log_lcn, log_clusters, log_bytes)],
-        alloc_size=log_bytes,
-        size=log_bytes,
-        index_in=[],
-    )
-    root_si, root_sd = own_security(HIDDEN_SYSTEM, SD_ROOT)
-    root_attrs = [
-        root_si,
-        resident_attribute(
-            c.AT_FILE_NAME, root_name.pack(), instance=0, resident_flags=c.RESIDENT_INDEXED
-        ),
-        root_sd,
-        *root_index,
-    ]
-    add_record(c.ROOT, root_attrs, flags=directory_flags)
+    # --- writing -------------------------------------------------------------------------------
+    def write(self, writer: _Writer, boot: BootSector, *, fill_log: bool) -> None:
+        cs = self.cs
+        boot_area = bytearray(self.boot_clusters * cs)
+        boot_area[: self.sector_size] = boot.pack()
+        writer.write(self.boot_lcn * cs, bytes(boot_area))
+        # The backup boot sector: the partition's last sector, just past the volume's sectors.
+        writer.write(boot.total_sectors * self.sector_size, boot.pack())
 
-    # --- write ----------------------------------------------------------------------------------
-    boot = BootSector(
-        bytes_per_sector=sector_size,
-        sectors_per_cluster=spc,
-        hidden_sectors=hidden_sectors,
-        total_sectors=total_sectors,
-        mft_lcn=mft_lcn,
-        mftmirr_lcn=mirr_lcn,
-        mft_record_size=MFT_RECORD_SIZE,
-        index_block_size=INDEX_BLOCK_SIZE,
-        serial=serial,
-    )
-    cs = cluster_size
-    boot_area = bytearray(boot_clusters * cs)
-    boot_area[:sector_size] = boot.pack()
-    writer.write(boot_lcn * cs, bytes(boot_area))
-    writer.write(partition_sectors * sector_size - sector_size, boot.pack())
+        # Only records in use are written; Windows leaves the others unformatted (zero) too, and
+        # NTFS formats a record when it first hands it out.
+        mft = bytearray(self.mft_records * MFT_RECORD_SIZE)
+        for number, record in self.records.items():
+            mft[number * MFT_RECORD_SIZE : (number + 1) * MFT_RECORD_SIZE] = record
+        writer.write(self.mft_lcn * cs, bytes(mft))
+        writer.write(self.mirr_lcn * cs, bytes(mft[: self.mirr_clusters * cs]))
+        mft_bitmap = bytearray(self.mft_bitmap_clusters * cs)
+        for number in self.records:
+            mft_bitmap[number // 8] |= 1 << (number % 8)
+        writer.write(self.mft_bitmap_lcn * cs, bytes(mft_bitmap))
+        writer.write(self.attrdef_lcn * cs, self.attrdef.ljust(self.attrdef_clusters * cs, b"\0"))
+        writer.write(self.upcase_lcn * cs, self.upcase)
+        writer.zero(self.sds_lcn * cs, self.sds_clusters * cs)
+        for offset, chunk in self.secure.chunks:
+            writer.write(self.sds_lcn * cs + offset, chunk)
+        for lcn, block in self.index_blocks:
+            writer.write(lcn * cs, block)
 
-    # Only records in use are written; Windows leaves the others unformatted (zero) too, and
-    # NTFS formats a record when it first hands it out.
-    mft = bytearray(mft_records * MFT_RECORD_SIZE)
-    for number, record in records.items():
-        mft[number * MFT_RECORD_SIZE : (number + 1) * MFT_RECORD_SIZE] = record
-    writer.write(mft_lcn * cs, bytes(mft))
-    writer.write(mirr_lcn * cs, bytes(mft[: mirr_clusters * cs]))
-    mft_bitmap = bytearray(mft_bitmap_clusters * cs)
-    for number in records:
-        mft_bitmap[number // 8] |= 1 << (number % 8)
-    writer.write(mft_bitmap_lcn * cs, bytes(mft_bitmap))
-    writer.write(attrdef_lcn * cs, attrdef.ljust(attrdef_clusters * cs, b"\0"))
-    writer.write(upcase_lcn * cs, upcase)
-    writer.zero(sds_lcn * cs, sds_clusters * cs)
-    for offset, chunk in secure.chunks:
-        writer.write(sds_lcn * cs + offset, chunk)
-    for lcn, block in index_blocks:
-        writer.write(lcn * cs, block)
+        bitmap = _cluster_bitmap(self.alloc.extents, self.clusters, self.bitmap_size)
+        writer.zero(self.bitmap_lcn * cs, self.bitmap_clusters * cs)
+        writer.write(self.bitmap_lcn * cs, bytes(bitmap))
 
-    bitmap = _cluster_bitmap(alloc.extents, clusters, bitmap_size)
-    writer.zero(bitmap_lcn * cs, bitmap_clusters * cs)
-    writer.write(bitmap_lcn * cs, bytes(bitmap))
-
-    if fill_log:
-        ff = b"\xff" * min(log_bytes, WRITE_CHUNK)
-        for pos in range(2 * LOG_PAGE_SIZE, log_bytes, len(ff)):
-            writer.write(log_lcn * cs + pos, ff[: log_bytes - pos])
-    else:
-        writer.zero(log_lcn * cs, log_bytes)
-    page = restart_page(log_bytes, open_count=int.from_bytes(os.urandom(4), "little"))
-    writer.write(log_lcn * cs, page)
-    writer.write(log_lcn * cs + LOG_PAGE_SIZE, page)
-    dev.flush()
-
-    return NtfsLayout(
-        sector_size=sector_size,
-        cluster_size=cs,
-        total_sectors=total_sectors,
-        total_clusters=clusters,
-        mft_lcn=mft_lcn,
-        mftmirr_lcn=mirr_lcn,
-        bitmap_lcn=bitmap_lcn,
-        logfile_lcn=log_lcn,
-        logfile_size=log_bytes,
-        used_clusters=alloc.next,
-        serial=serial,
-        bytes_written=writer.written,
-    )
+        log = self.log_lcn * cs
+        if fill_log:
+            ff = b"\xff" * min(self.log_bytes, WRITE_CHUNK)
+            for pos in range(2 * LOG_PAGE_SIZE, self.log_bytes, len(ff)):
+                writer.write(log + pos, ff[: self.log_bytes - pos])
+        else:
+            writer.zero(log, self.log_bytes)
+        page = restart_page(self.log_bytes, open_count=int.from_bytes(os.urandom(4), "little"))
+        writer.write(log, page)
+        writer.write(log + LOG_PAGE_SIZE, page)
 
 
 # --- helpers -------------------------------------------------------------------------------------
