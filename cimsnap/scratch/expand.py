@@ -56,9 +56,16 @@ def expand(path: str | os.PathLike[str], new_size: int) -> ExpandResult:
             )
         vhdx.resize(p, new_size)
     else:
+        with open_image(p) as raw:
+            table, _data = scratch_partitions(raw, path=p)
         if new_size < old_size:
             raise UsageError(
                 f"cannot shrink the scratch disk from {old_size} to {new_size} bytes", path=p
+            )
+        if new_size % table.sector_size:
+            raise UsageError(
+                f"new size {new_size} is not a multiple of the {table.sector_size}-byte sector",
+                path=p,
             )
         os.truncate(p, new_size)
     with open_image(p, writable=True) as dev:

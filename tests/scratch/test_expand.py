@@ -97,6 +97,9 @@ def test_expand_raw_image(tmp_path: Path) -> None:
     assert "No problems found" in run_tool("sgdisk", "-v", raw).stdout
     info = scratch_info(raw)
     assert info.volume is not None and info.volume.size == NEW - 17 * MiB - 4096
+    with pytest.raises(UsageError, match="multiple"):
+        expand(raw, NEW + 100)
+    assert raw.stat().st_size == NEW
 
 
 def test_same_size_finishes_an_interrupted_expansion(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import random
 from pathlib import Path
 
+import pytest
 from dissect.ntfs import NTFS
 
 from cimsnap.formats.blockdev import RawFileDevice
@@ -46,6 +47,7 @@ def _populate(root: Path) -> dict[str, str]:
     return expected
 
 
+@pytest.mark.slow
 def test_ntfs3g_writes_and_dissect_reads_back(tmp_path: Path) -> None:
     image = tmp_path / "vol.img"
     make_volume(image, 512 * MiB)
