@@ -135,7 +135,7 @@ def main() -> None:
                 rows.append(
                     [
                         name,
-                        f"> {seconds:.0f} (stopped)",
+                        f"> {seconds:.1f} (stopped)",
                         keys,
                         values,
                         f"> {lower_bound[name] / ours:.0f}",
