@@ -28,6 +28,7 @@ from cimsnap.formats.ntfs.reader import NtfsVolume
 from cimsnap.formats.ntfs.records import Run, nonresident_attribute, replace_attributes
 
 PAGE = 4096
+WINDOW = 1 << 20  # bitmap bytes rewritten per step
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,7 @@ def extend_volume(dev: BlockDevice) -> ExtendResult:
         )
     if new_sectors == boot.total_sectors:
         return ExtendResult(old_clusters, old_clusters, 0, cs)
-    info = vol.info()
-    if info.flags & c.VOLUME_IS_DIRTY:
+    if vol.volume_flags() & c.VOLUME_IS_DIRTY:
         raise NtfsError("the volume is marked dirty; check it (chkdsk) before extending it")
     state = vol.logfile_state()
     if state is not None and not state.clean:
@@ -73,7 +73,7 @@ def extend_volume(dev: BlockDevice) -> ExtendResult:
     bitmap_attr = bitmap_rec.require(c.AT_DATA)
     if bitmap_attr.resident:
         raise NtfsError("$Bitmap is resident")
-    old_bitmap = vol.read_attribute(bitmap_attr)
+    old_size = bitmap_attr.data_size
     new_size = -(-new_clusters // 64) * 8
     have = sum(r.length for r in bitmap_attr.runs)
     need = -(-new_size // cs)
@@ -87,16 +87,28 @@ def extend_volume(dev: BlockDevice) -> ExtendResult:
             runs[-1] = Run(last.lcn, last.length + added)
         else:
             runs.append(Run(old_clusters, added))
-    bitmap = bytearray(max(new_size, len(old_bitmap)))
-    bitmap[: len(old_bitmap)] = old_bitmap
-    set_bits(bitmap, old_clusters, len(bitmap) * 8 - old_clusters, False)
-    if added:
-        set_bits(bitmap, old_clusters, added, True)
-    set_bits(bitmap, new_clusters, new_size * 8 - new_clusters, True)
-    bitmap = bitmap[:new_size]
-    # Write the bitmap bytes from the first byte that changed, through the (new) runlist.
-    first = old_clusters // 8 // PAGE * PAGE
-    _write_runs(vol, runs, first, bytes(bitmap[first:]).ljust(need * cs - first, b"\0"))
+    # Rewrite the bitmap from the first byte that changes, a window at a time (bounded memory):
+    # old bytes kept, old past-the-end bits cleared, the new bitmap clusters and the new
+    # past-the-end bits set, zeros up to the end of its last cluster.
+    start = old_clusters // 8 // PAGE * PAGE
+    end = need * cs
+    for window in range(start, end, WINDOW):
+        n = min(WINDOW, end - window)
+        data = bytearray(n)
+        old_part = min(n, max(0, old_size - window))
+        if old_part:
+            data[:old_part] = _read_runs(vol, bitmap_attr.runs, window, old_part)
+        for first, count, value in (
+            (old_clusters, old_size * 8 - old_clusters, False),
+            (old_clusters, added, True),
+            (new_clusters, new_size * 8 - new_clusters, True),
+        ):
+            lo, hi = max(first, window * 8), min(first + count, (window + n) * 8, new_size * 8)
+            if lo < hi:
+                set_bits(data, lo - window * 8, hi - lo, value)
+        if window + n > new_size:  # bytes past the data size within the last cluster
+            data[max(0, new_size - window) :] = bytes(n - max(0, new_size - window))
+        _write_runs(vol, runs, window, bytes(data))
 
     # 2. $BadClus:$Bad
     badclus = vol.record(c.BADCLUS)
@@ -182,6 +194,16 @@ def _write_runs(vol: NtfsVolume, runs: list[Run], offset: int, data: bytes) -> N
         if vol.dev.read_at(dev_off, n) != chunk:
             vol.dev.write_at(dev_off, chunk)
         pos += n
+
+
+def _read_runs(vol: NtfsVolume, runs: list[Run], offset: int, length: int) -> bytes:
+    cs = vol.cluster_size
+    out = bytearray()
+    while len(out) < length:
+        pos = offset + len(out)
+        n = min(length - len(out), cs - pos % cs)
+        out += vol.dev.read_at(_lcn_of(runs, pos // cs) * cs + pos % cs, n)
+    return bytes(out)
 
 
 def _lcn_of(runs: list[Run], vcn: int) -> int:

@@ -272,27 +272,60 @@ class NtfsVolume:
                 sds_attr = secure.require(c.AT_DATA, "$SDS")
                 if offset + length > sds_attr.data_size:
                     raise NtfsError(f"$SII entry {sec_id:#x} points outside $SDS")
-                sds = self._read_range(sds_attr, offset, length)
+                sds = self.read_range(sds_attr, offset, length)
                 _h, stored_id, stored_offset, stored_length = parse_sds_header(sds)
                 if (stored_id, stored_offset, stored_length) != (sec_id, offset, length):
                     raise NtfsError(f"$SDS entry for security id {sec_id:#x} is malformed")
                 return sds[SDS_HEADER_SIZE:]
         raise NtfsError(f"security id {sec_id:#x} of MFT record {number} is not in $Secure")
 
-    def _read_range(self, attr: Attribute, offset: int, length: int) -> bytes:
+    def read_range(self, attr: Attribute, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` of a non-resident attribute (sparse runs read as
+        zeros), reading each run's part in one go."""
+        if attr.resident:
+            return attr.value[offset : offset + length]
+        if offset < 0 or offset + length > attr.allocated_size:
+            raise NtfsError(f"read of {length} bytes at {offset} is outside the attribute")
         cs = self.cluster_size
         out = bytearray()
-        pos = offset
-        while len(out) < length:
-            dev_off = self._vcn_offset(attr.runs, pos, "attribute")
-            n = min(length - len(out), cs - pos % cs)
-            out += self.dev.read_at(dev_off, n)
-            pos += n
+        run_start = 0  # in bytes
+        for run in attr.runs:
+            run_end = run_start + run.length * cs
+            pos = offset + len(out)
+            if pos < run_end and len(out) < length:
+                n = min(length - len(out), run_end - pos)
+                if run.lcn is None:
+                    out += bytes(n)
+                else:
+                    out += self.dev.read_at(run.lcn * cs + (pos - run_start), n)
+            run_start = run_end
+            if len(out) == length:
+                break
+        if len(out) != length:
+            raise NtfsError("attribute runlist is shorter than its allocated size")
         return bytes(out)
 
     # --- volume ---------------------------------------------------------------------------------
     def cluster_bitmap(self) -> bytes:
         return self.read_attribute(self.record(c.BITMAP).require(c.AT_DATA))
+
+    def used_clusters(self) -> int:
+        """Clusters marked in use in $Bitmap, counted a window at a time (bounded memory)."""
+        attr = self.record(c.BITMAP).require(c.AT_DATA)
+        if attr.resident:
+            return count_set(attr.value, min(self.total_clusters, len(attr.value) * 8))
+        if attr.data_size * 8 < self.total_clusters:
+            raise NtfsError("$Bitmap is smaller than the volume")
+        used = 0
+        window = 1 << 20
+        for start in range(0, -(-self.total_clusters // 8), window):
+            chunk = self.read_range(attr, start, min(window, attr.data_size - start))
+            used += count_set(chunk, min(len(chunk) * 8, self.total_clusters - start * 8))
+        return used
+
+    def volume_flags(self) -> int:
+        value = self.record(c.VOLUME).require(c.AT_VOLUME_INFORMATION).value
+        return parse_volume_information(value)[2]
 
     def info(self) -> VolumeInfo:
         volume = self.record(c.VOLUME)
@@ -301,10 +334,7 @@ class NtfsVolume:
         major, minor, flags = parse_volume_information(
             volume.require(c.AT_VOLUME_INFORMATION).value
         )
-        bitmap = self.cluster_bitmap()
-        if len(bitmap) * 8 < self.total_clusters:
-            raise NtfsError("$Bitmap is smaller than the volume")
-        used = count_set(bitmap, self.total_clusters)
+        used = self.used_clusters()
         return VolumeInfo(
             label,
             (major, minor),
@@ -322,7 +352,7 @@ class NtfsVolume:
         ntfs-3g leave it), which every NTFS implementation treats as clean."""
         log = self.record(c.LOGFILE).require(c.AT_DATA)
         if not log.resident and log.data_size >= 4096:
-            first = self._read_range(log, 0, 512)
+            first = self.read_range(log, 0, 512)
             if first == b"\xff" * 512:
                 return None
         return self.logfile_restart()
@@ -332,8 +362,8 @@ class NtfsVolume:
         log = self.record(c.LOGFILE).require(c.AT_DATA)
         if log.resident or log.data_size < 2 * 4096:
             raise NtfsError("$LogFile is too small")
-        first = self._read_range(log, 0, 4096)
-        second = self._read_range(log, 4096, 4096)
+        first = self.read_range(log, 0, 4096)
+        second = self.read_range(log, 4096, 4096)
         a = parse_restart_page(first)
         b = parse_restart_page(second)
         if a != b:

@@ -103,3 +103,16 @@ def test_refusals() -> None:
     with pytest.raises(NtfsError, match="dirty"):
         extend_volume(grown)
     assert bytes(grown.buf) == before
+
+
+def test_large_growth_rewrites_the_bitmap_in_windows(tmp_path: Path) -> None:
+    path = tmp_path / "vol.img"
+    make_volume(path, 48 * MiB)
+    _grow(path, 40 << 30)  # a 1.25 MiB $Bitmap: more than one rewrite window
+    result = _extend(path)
+    assert result.new_clusters == ((40 << 30) // 512 - 1) // 8
+    ntfs_checks(path)
+    with RawFileDevice(path) as dev:
+        info = NtfsVolume(dev).info()
+    assert info.free_clusters > result.new_clusters - 1000
+    assert os.stat(path).st_blocks * 512 < 8 * MiB

@@ -75,7 +75,7 @@ def test_security_descriptors(windows: NtfsVolume, ours: NtfsVolume) -> None:
     # The first two $SDS entries (0x100, 0x101): same bytes, same hashes, same offsets.
     for volume in (windows, ours):
         sds = volume.record(9).require(0x80, "$SDS")
-        entries = volume._read_range(sds, 0, 248)
+        entries = volume.read_range(sds, 0, 248)
         assert [parse_sds_header(entries[o : o + 20]) for o in (0, 128)] == [
             (0x32FEC6CB, 0x100, 0, 120),
             (0x3414C8F7, 0x101, 128, 120),
@@ -103,8 +103,8 @@ def test_logfile_restart_area_layout(windows: NtfsVolume, ours: NtfsVolume) -> N
     w_log = windows.record(2).require(0x80)
     o_log = ours.record(2).require(0x80)
     assert o_log.data_size == w_log.data_size == 2 * MiB  # a 7 MiB volume gets a 2 MiB log
-    w_page = windows._read_range(w_log, 0, 0x30 + 0x40)
-    o_page = ours._read_range(o_log, 0, 0x30 + 0x40)
+    w_page = windows.read_range(w_log, 0, 0x30 + 0x40)
+    o_page = ours.read_range(o_log, 0, 0x30 + 0x40)
     # Restart page header: RSTR, USA at 0x1E with 9 entries, 4 KiB pages, area at 0x30, LFS 1.1.
     assert o_page[:8] == w_page[:8] and o_page[16:0x1E] == w_page[16:0x1E]
     # Restart area: one client slot, sequence-number bits, area length 0xE0 with the client
