@@ -7,13 +7,18 @@ the hidden+system directories "System Volume Information" and "WcSandboxState".
 Partition geometry (Windows' exact numbers for this API are not public; the choice is isolated
 in the constants below and documented in the README's compatibility notes):
 
-* the MSR starts at the first usable LBA and ends at 16 MiB, the size Windows 10 and later give
-  a Microsoft Reserved partition on a data disk (Windows' GPT FAQ: "the MSR is 16 MB"), so the
-  data partition starts 1 MiB aligned at 16 MiB, as on disks Windows initialises itself;
-* the Basic Data partition ends on the last whole MiB before the backup GPT (Windows aligns the
-  end as well as the start, which leaves 1007.5 KiB unpartitioned at the end of a GPT disk);
+* the MSR starts at the first usable LBA (34 with 512-byte sectors, 6 with 4 KiB ones) and ends
+  at 16 MiB: Windows 10 and later make the MSR 16 MB (Microsoft's "Windows and GPT FAQ"), and a
+  data disk initialised by Windows has its MSR at the first usable LBA ("offset 17 KB" in
+  diskpart) and its data partition 1 MiB aligned right after it, at 16 MiB;
+* the Basic Data partition ends on the last whole MiB before the backup GPT (partition sizes in
+  whole MiB, which leaves 1007.5 KiB unpartitioned at the end of the disk);
 * partition names are the ones Windows writes ("Microsoft reserved partition",
-  "Basic data partition"); attributes are zero.
+  "Basic data partition"); attributes are zero (no "no drive letter" bit: hcsshim attaches
+  scratch disks with the no-drive-letter flag instead).
+
+None of this was checked against a disk made by FormatWritableLayerVhd itself (none is public):
+hcsshim only requires GPT, two partitions, the second of type Basic Data.
 
 :func:`create_scratch` makes the dynamic VHDX and formats it, crash-safely (temporary name in
 the same directory, fsync, then link into place).
