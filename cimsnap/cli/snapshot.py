@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "snapshot",
         help="prepare, commit, list and remove snapshots in a snapshotter root",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

@@ -128,6 +128,23 @@ def _sparse_copy(src: int, dst: int, size: int) -> CopyMethod:
     return method
 
 
+def _place(tmp: Path, dest: Path) -> None:
+    """Move the finished copy to ``dest`` without ever replacing an existing file."""
+    try:
+        os.link(tmp, dest)  # fails with EEXIST instead of replacing
+    except FileExistsError:
+        raise
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        # A filesystem without hard links: rename, having checked nothing is there.
+        if os.path.lexists(dest):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dest)) from None
+        os.rename(tmp, dest)
+        return
+    tmp.unlink()
+
+
 def copy_scratch(
     source: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -170,11 +187,10 @@ def copy_scratch(
             ) from err
         os.close(dst_fd)
         try:
-            os.link(tmp, dest)  # fails if dest exists: never replace a file silently
+            _place(tmp, dest)
         except OSError as err:
             tmp.unlink(missing_ok=True)
             raise CopyError(f"failed to place {dest}: {err.strerror}", path=dest) from err
-        tmp.unlink()
         return method
     finally:
         os.close(src_fd)

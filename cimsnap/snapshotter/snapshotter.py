@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -121,6 +122,14 @@ def requested_scratch_size(labels: Mapping[str, str]) -> int:
     return size
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _rmtree(path: Path) -> None:
     """Delete a tree; entries that vanish meanwhile (another process cleaning up) are fine."""
 
@@ -159,6 +168,7 @@ class CimFSSnapshotter:
             self.layout.snapshots.mkdir(mode=0o700, exist_ok=True)
             self.layout.cim_layers.mkdir(mode=0o755, exist_ok=True)
             self._templates: dict[Path, Template] = {}
+            self._templates_lock = threading.Lock()
             if self.mode is Mode.CIMFS and template_at_start:
                 # The shared template is made (or repaired) at start-up, like containerd; without
                 # template_at_start (local CLI use) it is made when the first container needs it.
@@ -177,11 +187,14 @@ class CimFSSnapshotter:
         return self.layout.root
 
     def _template_in(self, directory: Path) -> Template:
-        template = self._templates.get(directory)
-        if template is None:
-            template = Template(directory, size=self.template_size, block_size=TEMPLATE_BLOCK_SIZE)
-            self._templates[directory] = template
-        return template
+        with self._templates_lock:
+            template = self._templates.get(directory)
+            if template is None:
+                template = Template(
+                    directory, size=self.template_size, block_size=TEMPLATE_BLOCK_SIZE
+                )
+                self._templates[directory] = template
+            return template
 
     def _parent_paths(self, parent_ids: Sequence[str]) -> list[str]:
         return [str(self.layout.snapshot_dir(i)) for i in parent_ids]
@@ -287,6 +300,8 @@ class CimFSSnapshotter:
 
             try:
                 expand(dest, size)
+                if self.durable:
+                    _fsync(dest)
             except CimsnapError as err:
                 raise SnapshotterError(
                     f"failed to expand sandbox vhdx size to {size} bytes: {err}",
@@ -368,6 +383,8 @@ class CimFSSnapshotter:
             # collection of other snapshots carries on.
             raise _wrap("failed to get snapshot info", err, KIND_FAILED_PRECONDITION) from err
         removed = self._pre_remove(key)
+        with self._templates_lock:  # a wcifs base layer takes its template pair with it
+            self._templates.pop(self.layout.snapshot_dir(snapshot_id), None)
         try:
             cimfiles.destroy_cim(self.layout.layer_cim(snapshot_id))
         except (CimsnapError, OSError) as err:

@@ -159,3 +159,16 @@ def test_reflink_shares_extents(reflink_dir: Path) -> None:
         ["filefrag", "-v", str(dst)], capture_output=True, text=True, check=True
     ).stdout
     assert "shared" in extents  # the kernel reports the blocks as shared with the template
+
+
+def test_filesystem_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(copy_module.os, "link", no_links)
+    (tmp_path / "src").write_bytes(b"scratch")
+    copy_scratch(tmp_path / "src", tmp_path / "dst")
+    assert (tmp_path / "dst").read_bytes() == b"scratch" and leftovers(tmp_path) == []
+    with pytest.raises(CopyError):
+        copy_scratch(tmp_path / "src", tmp_path / "dst")  # still never replaces
+    assert leftovers(tmp_path) == []
