@@ -123,6 +123,7 @@ def requested_scratch_size(labels: Mapping[str, str]) -> int:
 
 
 def _fsync(path: Path) -> None:
+    """fsync a file or directory."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -245,6 +246,9 @@ class CimFSSnapshotter:
             try:
                 if not is_unpack_key(key):
                     self._make_scratch(snapshot, snapshot_dir, labels)
+                if self.durable:  # the new entries, before the record that points at them
+                    for directory in (*snapshot_dir.glob("*/"), snapshot_dir, snapshot_dir.parent):
+                        _fsync(directory)
             except BaseException:
                 _rmtree(snapshot_dir)
                 raise

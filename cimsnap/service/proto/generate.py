@@ -17,11 +17,6 @@ from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PROTO_DIR.parent.parent.parent
-_WELL_KNOWN = {
-    "google/protobuf/empty.proto": "google.protobuf.empty_pb2",
-    "google/protobuf/field_mask.proto": "google.protobuf.field_mask_pb2",
-    "google/protobuf/timestamp.proto": "google.protobuf.timestamp_pb2",
-}
 
 
 def _compile(proto: Path) -> bytes:
@@ -50,8 +45,8 @@ def _compile(proto: Path) -> bytes:
 
 
 def _module_for(dependency: str) -> str:
-    if dependency in _WELL_KNOWN:
-        return _WELL_KNOWN[dependency]
+    """The module that registers ``dependency``: protobuf's own for well-known types
+    (``google/protobuf/any.proto`` -> ``google.protobuf.any_pb2``), ours otherwise."""
     return dependency.removesuffix(".proto").replace("/", ".") + "_pb2"
 
 
