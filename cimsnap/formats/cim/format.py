@@ -17,6 +17,7 @@ import struct
 import uuid
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import NamedTuple
 
 from cimsnap.formats.cim.errors import CimFormatError
 
@@ -331,8 +332,7 @@ STREAM_SPARSE_BIT = 1 << 56
 PE_IMAGE_FLAG_VALID = 0x1
 
 
-@dataclass(frozen=True)
-class Stream:
+class Stream(NamedTuple):
     """A stream descriptor: where its data is, how long, which kind, whether it is sparse."""
 
     data_offset: int
@@ -349,6 +349,10 @@ class Stream:
     @classmethod
     def unpack_from(cls, data: bytes | memoryview, offset: int = 0) -> Stream:
         data_offset, word = STREAM.unpack_from(data, offset)
+        return cls._from_word(data_offset, word)
+
+    @classmethod
+    def _from_word(cls, data_offset: int, word: int) -> Stream:
         return cls(
             data_offset,
             word & MAX_STREAM_LENGTH,
@@ -360,9 +364,10 @@ class Stream:
 EMPTY_STREAM = Stream(0, 0)
 
 
-@dataclass(frozen=True)
-class FileEntry:
-    """One slot of a file table (88 bytes in version 1, 96 from version 2)."""
+class FileEntry(NamedTuple):
+    """One slot of a file table (88 bytes in version 1, 96 from version 2).
+
+    A NamedTuple rather than a dataclass: file tables are unpacked by the thousand."""
 
     flags: int = 0
     ea_length: int = 0
@@ -379,10 +384,7 @@ class FileEntry:
     parent_file_id: int = 0  # version >= 2
     base_region_index: int = 0  # version >= 2; meaning not public, written as 0
 
-    V1 = struct.Struct("<HHIQQQQ16sQQQQ")
-    V2 = struct.Struct("<HHIQQQQ16sQQQQIHH")
-
-    def pack(self, entry_size: int = V2.size) -> bytes:
+    def pack(self, entry_size: int = 96) -> bytes:
         fields = (
             self.flags,
             self.ea_length,
@@ -397,19 +399,22 @@ class FileEntry:
             self.reparse_offset,
             self.stream_table_offset,
         )
-        if entry_size == self.V1.size:
-            return self.V1.pack(*fields)
-        return self.V2.pack(*fields, self.parent_file_id, self.base_region_index, 0).ljust(
+        if entry_size == FILE_ENTRY_V1.size:
+            return FILE_ENTRY_V1.pack(*fields)
+        return FILE_ENTRY_V2.pack(*fields, self.parent_file_id, self.base_region_index, 0).ljust(
             entry_size, b"\0"
         )
 
     @classmethod
     def unpack(cls, raw: bytes | memoryview) -> FileEntry:
         """Unpack a slot of any entry size: copy min(size, struct size), zero-fill the rest."""
-        data = bytes(raw[: cls.V2.size]).ljust(cls.V2.size, b"\0")
-        fields = list(cls.V2.unpack(data)[:14])
-        fields[7] = Stream.unpack_from(fields[7])  # the default stream
-        return cls(*fields)
+        if len(raw) >= FILE_ENTRY_V2.size:
+            fields = FILE_ENTRY_RAW.unpack_from(raw)
+        else:
+            fields = FILE_ENTRY_RAW.unpack(bytes(raw).ljust(FILE_ENTRY_V2.size, b"\0"))
+        (flags, ea_len, tag, ct, wt, cht, at, offset, word, sd, ea, rp, st, pfid, bri, _) = fields
+        stream = Stream._from_word(offset, word)
+        return cls(flags, ea_len, tag, ct, wt, cht, at, stream, sd, ea, rp, st, pfid, bri)
 
     @property
     def is_directory(self) -> bool:
@@ -426,8 +431,14 @@ class FileEntry:
         return attrs
 
 
+# Field lists as in FileEntry; V1 lacks the last three.  RAW splits the default stream in two.
+FILE_ENTRY_V1 = struct.Struct("<HHIQQQQ16sQQQQ")
+FILE_ENTRY_V2 = struct.Struct("<HHIQQQQ16sQQQQIHH")
+FILE_ENTRY_RAW = struct.Struct("<HHIQQQQQQQQQQIHH")
+
+
 def entry_size_for_version(major: int) -> int:
-    return FileEntry.V1.size if major < 2 else FileEntry.V2.size
+    return FILE_ENTRY_V1.size if major < 2 else FILE_ENTRY_V2.size
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,7 @@ def create_from_directory(
     parent: str | os.PathLike[str] | None = None,
     deterministic: bool = False,
     overwrite: bool = False,
+    durable: bool = True,
     progress: Callable[[TreeStats], None] | None = None,
 ) -> TreeStats:
     """Build ``image_path`` from the host directory ``source`` (a fork of ``parent`` if given,
@@ -102,7 +103,7 @@ def create_from_directory(
         raise UsageError("source is not a directory", path=source)
     stats = TreeStats()
     with CimWriter.create(
-        image_path, parent, deterministic=deterministic, overwrite=overwrite
+        image_path, parent, deterministic=deterministic, overwrite=overwrite, durable=durable
     ) as writer:
         importer = _Importer(writer, stats, progress)
         importer.add_directory(source, "")
@@ -471,7 +472,7 @@ def _copy_out(source: CimFile, host: Path, size: int, sparse: bool) -> None:
                 chunk = source.pread(min(COPY_CHUNK, size - position), position)
                 if not chunk:
                     break
-                write_nonzero(fd, chunk, position)  # zero pages stay holes
+                write_nonzero(fd, chunk, len(chunk), position)  # zero pages stay holes
                 position += len(chunk)
         os.ftruncate(fd, size)
     finally:

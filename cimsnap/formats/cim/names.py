@@ -43,6 +43,8 @@ def join_path(parent: str, name: str) -> str:
 
 
 def utf16_units(name: str) -> int:
+    if name.isascii():
+        return len(name)
     return len(name.encode("utf-16-le", "surrogatepass")) // 2
 
 
@@ -66,12 +68,15 @@ def check_name(name: str, *, what: str = "name") -> None:
         raise UsageError(f"{what} {name[:40]!r}... is longer than {MAX_COMPONENT_UNITS} units")
 
 
-def check_path(path: str) -> list[str]:
-    """Components of a path to be written, each checked; the path length limit applies too."""
+def check_path(path: str, *, leaf_only: bool = False) -> list[str]:
+    """Components of a path to be written, each checked (only the last with ``leaf_only``,
+    for callers that resolve the others against existing names); the path length limit applies
+    too."""
     parts = split_path(path)
-    for part in parts:
+    for part in parts[-1:] if leaf_only else parts:
         check_name(part)
-    if sum(utf16_units(p) + 1 for p in parts) > MAX_PATH_UNITS:
+    # Each code point is at most two units: measure only paths that might be too long.
+    if 2 * len(path) > MAX_PATH_UNITS and sum(utf16_units(p) + 1 for p in parts) > MAX_PATH_UNITS:
         raise UsageError(f"path is longer than {MAX_PATH_UNITS} UTF-16 units")
     return parts
 

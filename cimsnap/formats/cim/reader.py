@@ -20,13 +20,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, NamedTuple, TypeVar, overload
 
 from cimsnap.errors import NotFoundError, UsageError
 from cimsnap.formats.cim.errors import CimFormatError
 from cimsnap.formats.cim.format import (
     COUNTED_LENGTH,
     FILE_ATTRIBUTE_DIRECTORY,
+    FILE_ENTRY_V1,
     FILE_ID,
     FILE_TABLE_DIRECTORY_ENTRY,
     FILES_PER_TABLE,
@@ -63,6 +64,7 @@ MAX_IMAGE_FILE_BYTES = FilesystemHeader.SIZE + 0xFFFF * RegionSet.STRUCT.size
 # Largest link table the reader will load (a directory of millions of entries); a bigger length
 # field is treated as corruption rather than allocated.
 MAX_LINK_TABLE_BYTES = 256 << 20
+_STREAM_TYPES = frozenset(int(t) for t in StreamType)
 DIRECTORY_CACHE_SIZE = 4096
 ENTRY_CACHE_SIZE = 1 << 16
 
@@ -127,9 +129,9 @@ class CimStat:
         return decode_eas(self.extended_attributes) if self.extended_attributes else []
 
 
-@dataclass(frozen=True)
-class CimDirEntry:
-    """One name in a directory."""
+class CimDirEntry(NamedTuple):
+    """One name in a directory (``path`` is the full image path, or just the name when the
+    directory was given by FileID)."""
 
     name: str
     path: str
@@ -232,6 +234,14 @@ class CimFile(io.RawIOBase):
         """Up to ``length`` bytes at ``offset`` (fewer at the end of the stream)."""
         return self._image._read_stream(self._stream, offset, length, self.name)
 
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (all the rest when negative) from the current position."""
+        if size is None or size < 0:
+            return self.readall()
+        data = self.pread(size, self._pos)
+        self._pos += len(data)
+        return data
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         data = self.pread(len(view), self._pos)
@@ -285,7 +295,7 @@ class CimImage:
         self.header = header
         self._regions = regions
         self._own_region_start = own_region_start
-        self._entry_cache: _LRU[int, FileEntry] = _LRU(ENTRY_CACHE_SIZE)
+        self._entry_cache: dict[int, FileEntry] = {}  # cleared when it reaches the limit
         self._dir_cache: _LRU[int, _Directory] = _LRU(DIRECTORY_CACHE_SIZE)
         self._blob_cache: _LRU[int, bytes] = _LRU(4096)
         self._table_cache: dict[int, bytes] = {}
@@ -309,7 +319,7 @@ class CimImage:
                 raise CimFormatError(
                     f"file table {i} claims {count} files (at most 1024)", path=path
                 )
-            if count and entry_size < FileEntry.V1.size:
+            if count and entry_size < FILE_ENTRY_V1.size:
                 raise CimFormatError(
                     f"file table {i} entry size {entry_size} is too small", path=path
                 )
@@ -447,9 +457,13 @@ class CimImage:
         if not self._entry(file_id).is_directory:
             raise UsageError("not a directory", path=self.path, inner=shown)
         directory = self._directory(file_id, shown)
-        base = shown if isinstance(path, str) else ""
         return [
-            CimDirEntry(name, join_path(base, name), child, self._entry(child).is_directory)
+            CimDirEntry(
+                name,
+                join_path(path, name) if isinstance(path, str) else name,  # relative for IDs
+                child,
+                self._entry(child).is_directory,
+            )
             for name, child in zip(directory.names, directory.file_ids, strict=True)
         ]
 
@@ -613,6 +627,8 @@ class CimImage:
         cached = self._entry_cache.get(file_id)
         if cached is not None:
             return cached
+        if len(self._entry_cache) >= ENTRY_CACHE_SIZE:
+            self._entry_cache.clear()
         if not 1 <= file_id <= self.file_count:
             raise CimFormatError(
                 f"FileID {file_id} is out of range (image has {self.file_count})", path=self.path
@@ -624,12 +640,13 @@ class CimImage:
             table = self._pread(table_offset, 0, count * entry_size, f"file table {table_index}")
             self._table_cache[table_index] = table
         entry = FileEntry.unpack(memoryview(table)[slot * entry_size : (slot + 1) * entry_size])
-        if entry.default_stream.stream_type not in tuple(StreamType):
+        if entry.default_stream.stream_type not in _STREAM_TYPES:
             raise CimFormatError(
                 f"FileID {file_id} has unknown stream type {entry.default_stream.stream_type}",
                 path=self.path,
             )
-        return self._entry_cache.put(file_id, entry)
+        self._entry_cache[file_id] = entry
+        return entry
 
     def _directory(self, file_id: int, shown: str) -> _Directory:
         cached = self._dir_cache.get(file_id)

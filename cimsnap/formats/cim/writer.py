@@ -32,7 +32,8 @@ import os
 import secrets
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -70,7 +71,7 @@ from cimsnap.formats.cim.format import (
     split_region_offset,
 )
 from cimsnap.formats.cim.metadata import FileMetadata, reparse_tag
-from cimsnap.formats.cim.names import Collation, check_name, check_path, encode_name
+from cimsnap.formats.cim.names import Collation, check_name, check_path, encode_name, split_path
 from cimsnap.formats.cim.objectid import (
     ObjectId,
     digest_from_hash,
@@ -91,6 +92,7 @@ REGION_HEADER_INDEX = 0
 # ParentFileId of the root directory (version >= 2; Windows' value is not public).
 ROOT_PARENT_FILE_ID = 0
 COPY_CHUNK = 1 << 20
+PARALLEL_HASH_MIN = 256 << 10  # chunks this big are hashed in a helper thread
 _ZEROS = bytes(COPY_CHUNK)
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _DETERMINISTIC_NAMESPACE = uuid.UUID("5f1e0c1a-7d0b-4c52-9c55-63696d736e61")
@@ -135,10 +137,11 @@ class _Region:
         self.objects.append(ObjectId(len(data), digest, offset))
         return offset
 
-    def finish(self) -> None:
+    def finish(self, durable: bool) -> None:
         final = _align(self.end, PAGE_SIZE) if self.region_type == RegionType.DATA else self.end
         os.ftruncate(self.fd, final)
-        os.fsync(self.fd)
+        if durable:
+            os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
 
@@ -175,8 +178,10 @@ class CimWriter:
         deterministic: bool,
         overwrite: bool,
         collation: Collation | None,
+        durable: bool = True,
     ) -> None:
         self.image_path = image_path
+        self.durable = durable
         self.directory = image_path.parent
         self.deterministic = deterministic
         self.overwrite = overwrite
@@ -191,6 +196,8 @@ class CimWriter:
         self._dirty_tables: set[int] = set()
         self._tmp_tag = f".{image_path.name}.{secrets.token_hex(6)}"
         self._temp_files: list[Path] = []
+        self._buffers = (bytearray(COPY_CHUNK), bytearray(COPY_CHUNK))  # reused: allocating costs
+        self._pool: ThreadPoolExecutor | None = None
         self._guid = uuid.uuid4()
         if parent is not None:
             self.collation = parent.collation
@@ -246,12 +253,16 @@ class CimWriter:
         deterministic: bool = False,
         overwrite: bool = False,
         collation: Collation | None = None,
+        durable: bool = True,
     ) -> CimWriter:
         """Start a new image at ``image_path`` (a ``.cim`` path), or a fork of ``parent``.
 
         A fork must live in its parent's directory (the child refers to the parent's region
         files by name).  ``deterministic`` makes identical input give byte-identical files
         (the region-set GUID is derived from the content and the image name instead of random).
+        ``durable=False`` skips the fsyncs at commit (the rename order still guarantees that a
+        crash leaves either the old state or the complete image, minus what the page cache
+        lost); for bulk jobs that sync the filesystem themselves.
         """
         image_path = Path(image_path)
         if not image_path.parent.is_dir():
@@ -268,7 +279,7 @@ class CimWriter:
                 )
             parent_image = CimImage.open(parent_path)
         try:
-            return cls(image_path, parent_image, deterministic, overwrite, collation)
+            return cls(image_path, parent_image, deterministic, overwrite, collation, durable)
         except BaseException:
             if parent_image is not None:
                 parent_image.close()
@@ -306,7 +317,7 @@ class CimWriter:
         """
         self._check_open()
         meta.validate()
-        parts = check_path(path)
+        parts = check_path(path, leaf_only=True)
         if not parts:
             if not meta.is_directory:
                 raise UsageError("the root must be a directory", path=self.image_path, inner=path)
@@ -427,6 +438,7 @@ class CimWriter:
             self.abort()
             raise
         self._done = True
+        self._stop_pool()
         self._close_parent()
         return self.image_path
 
@@ -477,7 +489,7 @@ class CimWriter:
 
     def _resolve(self, path: str) -> _Node:
         node = self._node(self._root_id)
-        for part in check_path(path):
+        for part in split_path(path):
             if not node.is_dir:
                 raise NotFoundError("not a directory", path=self.image_path, inner=path)
             child = self._children(node).get(self.collation.key(part))
@@ -670,18 +682,27 @@ class CimWriter:
         region = self._regions[OWN_REGION_TYPES.index(RegionType.DATA)]
         start = region.next_offset()
         hasher = hashlib.sha512(head)
-        all_zero = not write_nonzero(region.fd, head, start)
+        all_zero = not write_nonzero(region.fd, head, len(head), start)
         position = start + len(head)
         remaining = None if size is None else size - len(head)
-        buffer = bytearray(COPY_CHUNK)
-        view = memoryview(buffer)
+        # Two buffers: SHA-512 of one (in a helper thread; hashlib releases the GIL) overlaps
+        # with writing it and reading the next into the other.
+        buffers = self._buffers
+        pending: Future[None] | None = None
+        turn = 0
         try:
             while remaining is None or remaining > 0:
+                buffer = buffers[turn]
+                turn ^= 1
+                view = memoryview(buffer)
                 # Keep reads aligned to COPY_CHUNK in the region so zero pages stay pages.
                 want = COPY_CHUNK - (position - start) % COPY_CHUNK
                 if remaining is not None:
                     want = min(want, remaining)
                 got = _readinto(data, view[:want])
+                if pending is not None:
+                    pending.result()  # hashes stay in order; the other buffer is free again
+                    pending = None
                 if got == 0:
                     if remaining is not None:
                         raise UsageError(
@@ -690,17 +711,24 @@ class CimWriter:
                             inner=shown,
                         )
                     break
-                chunk = buffer if got == COPY_CHUNK else buffer[:got]
-                hasher.update(chunk)
-                if write_nonzero(region.fd, chunk, position):
+                if got >= PARALLEL_HASH_MIN:
+                    pending = self._hash_pool().submit(hasher.update, view[:got])
+                else:
+                    hasher.update(view[:got])
+                if write_nonzero(region.fd, buffer, got, position):
                     all_zero = False
                 position += got
                 if remaining is not None:
                     remaining -= got
+            if pending is not None:
+                pending.result()
+                pending = None
             length = position - start
             if length > MAX_STREAM_LENGTH:
                 raise UsageError("stream longer than 2^48 bytes", path=self.image_path, inner=shown)
         except BaseException:
+            if pending is not None:
+                pending.exception()  # let the hash thread let go of the buffer
             os.ftruncate(region.fd, region.end)
             raise
         if sparse_ok and all_zero:
@@ -751,8 +779,8 @@ class CimWriter:
             assert node.children is not None
             table = self._link_table(node.children)
             offset = self._put(RegionType.METADATA, table)
-            node.entry = replace(
-                node.entry, default_stream=Stream(offset, len(table), StreamType.LINK_TABLE)
+            node.entry = node.entry._replace(
+                default_stream=Stream(offset, len(table), StreamType.LINK_TABLE)
             )
             node.children_dirty = False
             self._touch(node)
@@ -771,7 +799,7 @@ class CimWriter:
                 )
                 offset = self._put(RegionType.METADATA, table)
             if offset != node.entry.stream_table_offset:
-                node.entry = replace(node.entry, stream_table_offset=offset)
+                node.entry = node.entry._replace(stream_table_offset=offset)
                 self._touch(node)
 
     def _write_file_tables(self) -> list[bytes]:
@@ -824,9 +852,10 @@ class CimWriter:
             raise UsageError("region set GUID collides with a parent's", path=self.image_path)
         objectid_tmps = []
         for region in self._regions:
-            region.finish()
+            region.finish(self.durable)
             tmp = self._temp(f"objectid_{region.set_index}")
             _write_file(
+                self.durable,
                 tmp,
                 pack_objectid_file(
                     region.set_index, region.region_type, region.objects, WRITER_FORMAT_VERSION
@@ -857,10 +886,11 @@ class CimWriter:
             common, own, fs_offset, self._parent_sets, FILESYSTEM_HEADER_RESERVED
         )
         cim_tmp = self._temp("cim")
-        _write_file(cim_tmp, header.pack())
+        _write_file(self.durable, cim_tmp, header.pack())
         os.replace(cim_tmp, self.image_path)
         self._temp_files.clear()  # committed: the files belong to the image now
-        _fsync_directory(self.directory)
+        if self.durable:
+            _fsync_directory(self.directory)
         if old_header is not None and old_header.regions.guid != guid:
             # The overwritten image's regions go unless another image still refers to them.
             from cimsnap.formats.cim.destroy import remove_region_set_if_unused
@@ -868,17 +898,28 @@ class CimWriter:
             remove_region_set_if_unused(self.directory, old_header.regions)
 
     def _cleanup(self) -> None:
+        self._stop_pool()
         for region in self._regions:
             region.close()
         for leftover in self._temp_files:
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
 
+    def _hash_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="cim-sha512")
+        return self._pool
+
     def _temp(self, what: str) -> Path:
         """A temporary name in the image's directory, removed by :meth:`abort`."""
         path = self.directory / f"{self._tmp_tag}.{what}.tmp"
         self._temp_files.append(path)
         return path
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def _close_parent(self) -> None:
         if self._parent is not None:
@@ -913,35 +954,41 @@ def _readinto(data: BinaryIO, view: memoryview) -> int:
     return len(chunk)
 
 
-def write_nonzero(fd: int, chunk: bytes | bytearray, position: int) -> bool:
-    """Write ``chunk`` at ``position`` except its all-zero pages; False if it is all zeros.
+def write_nonzero(fd: int, buffer: bytes | bytearray, length: int, position: int) -> bool:
+    """Write ``buffer[:length]`` at ``position`` except its all-zero pages; False if all zero.
 
     Everything past the region's current end reads as zeros already (the file ends there), so
     zero pages are left as holes: region files stay as sparse as the data.
     """
-    if _ZERO_PAGE not in chunk:
-        os.pwrite(fd, chunk, position)
+    if buffer.find(_ZERO_PAGE, 0, length) < 0:  # the usual case: no zero page at all
+        if length < PAGE_SIZE and buffer[:length] == _ZERO_PAGE[:length]:
+            return False
+        os.pwrite(fd, memoryview(buffer)[:length], position)
         return True
-    if chunk == _ZEROS[: len(chunk)]:
-        return False
+    wrote = False
     run_start = None
-    for page in range(0, len(chunk), PAGE_SIZE):
-        zero = chunk[page : page + PAGE_SIZE] == _ZERO_PAGE[: min(PAGE_SIZE, len(chunk) - page)]
+    for page in range(0, length, PAGE_SIZE):
+        end = min(page + PAGE_SIZE, length)
+        zero = buffer[page:end] == _ZERO_PAGE[: end - page]
         if zero and run_start is not None:
-            os.pwrite(fd, chunk[run_start:page], position + run_start)
+            os.pwrite(fd, memoryview(buffer)[run_start:page], position + run_start)
             run_start = None
         elif not zero and run_start is None:
             run_start = page
+            wrote = True
     if run_start is not None:
-        os.pwrite(fd, chunk[run_start:], position + run_start)
-    return True
+        os.pwrite(fd, memoryview(buffer)[run_start:length], position + run_start)
+    return wrote
 
 
-def _write_file(path: Path, payload: bytes) -> None:
+def _write_file(durable: bool, path: Path, payload: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, payload)
-        os.fsync(fd)
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

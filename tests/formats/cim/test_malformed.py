@@ -30,6 +30,7 @@ from cimsnap.formats.cim import (
 from cimsnap.formats.cim.check import referenced_objects
 from cimsnap.formats.cim.format import (
     FILE_ATTRIBUTE_SPARSE_FILE,
+    FILE_ENTRY_V1,
     FILE_TABLE_DIRECTORY_ENTRY,
     FILESYSTEM_OBJECT,
     FileEntry,
@@ -340,6 +341,6 @@ def test_fuzz_single_field_corruptions(pristine: Path, tmp_path: Path) -> None:
 
 def test_entry_sizes_smaller_than_v2_are_zero_filled() -> None:
     entry = FileEntry(flags=1, creation_time=5, parent_file_id=9)
-    v1 = entry.pack(FileEntry.V1.size)
+    v1 = entry.pack(FILE_ENTRY_V1.size)
     assert len(v1) == 88
     assert FileEntry.unpack(v1) == FileEntry(flags=1, creation_time=5)
