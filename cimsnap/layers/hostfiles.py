@@ -23,6 +23,7 @@ COPY_CHUNK = 1 << 20
 
 def prepare_layer_dir(layer_dir: Path) -> bool:
     """Make sure ``layer_dir`` exists and is empty; returns True if it was created here."""
+    layer_dir.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # hcsshim: MkdirAll
     try:
         layer_dir.mkdir(mode=0o755)
         return True
