@@ -15,7 +15,9 @@ Without ``--address`` the snapshotter root (``--root``, default as ``cimsnap ser
 directly.  With ``--address`` the snapshots go through a snapshots API: containerd's socket
 (then containerd records them: ``ctr snapshots ls`` shows the chain; ``--snapshotter`` names
 the proxy plugin, ``--namespace`` the containerd namespace) or ``cimsnap serve``'s.  The layers
-are imported here, into the directories the mounts name.
+are imported here, into the directories the mounts name; as no containerd image record refers
+to the snapshots, they get the ``containerd.io/gc.root`` label so containerd's garbage collector
+keeps them (remove them with ``ctr snapshots rm``).
 
 Afterwards a container gets its scratch with ``cimsnap snapshot prepare <key> <top chain ID>``
 (or ``ctr snapshots prepare``).  ``--json`` prints ``{"layout", "ref", "manifest", "config",
@@ -27,12 +29,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from cimsnap.cli.common import human_size, print_json
+
+# containerd's GC root label (pkg/gc): snapshots carrying it are never collected.
+GC_ROOT_LABEL = "containerd.io/gc.root"
 
 
 @contextlib.contextmanager
@@ -128,8 +134,13 @@ def _unpack(args: argparse.Namespace) -> int:
     layout = OciLayout(args.layout)
     image = layout.image(args.ref)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
+    extra: dict[str, str] = {}
+    if args.address is not None:
+        # containerd knows no image holding these snapshots: keep them from its GC.
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        extra[GC_ROOT_LABEL] = now
     with _snapshots(args) as sn, _bars(image, show) as progress:
-        unpacked = unpack_image(layout, image, sn, progress=progress)
+        unpacked = unpack_image(layout, image, sn, progress=progress, extra_labels=extra)
     layers: list[dict[str, Any]] = []
     for index, (layer, done) in enumerate(zip(image.layers, unpacked, strict=True)):
         layers.append(

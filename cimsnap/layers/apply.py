@@ -35,9 +35,16 @@ OPTION_PARENT_CIMS = "parentCimPaths="
 
 
 class MountLike(Protocol):
-    type: str
-    source: str
-    options: Sequence[str]
+    """containerd's mount.Mount as far as the differ reads it."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def options(self) -> Sequence[str]: ...
 
 
 @dataclass(frozen=True)

@@ -109,15 +109,20 @@ def unpack_image(
     sn: Snapshots,
     *,
     progress: Progress | None = None,
+    extra_labels: Mapping[str, str] | None = None,
 ) -> list[UnpackedLayer]:
-    """Unpack every layer of ``image`` into ``sn``; returns what happened per layer."""
+    """Unpack every layer of ``image`` into ``sn``; returns what happened per layer.
+
+    ``extra_labels`` go on every prepared and committed snapshot (e.g. ``containerd.io/gc.root``
+    when unpacking through containerd without an image record that would keep them).
+    """
     progress = progress or Progress()
     done: list[UnpackedLayer] = []
     parent = ""
     for index, layer in enumerate(image.layers):
         if progress.layer_started:
             progress.layer_started(index, layer)
-        unpacked = _unpack_layer(layout, sn, index, layer, parent, progress)
+        unpacked = _unpack_layer(layout, sn, index, layer, parent, progress, extra_labels or {})
         done.append(unpacked)
         if progress.layer_done:
             progress.layer_done(index, unpacked)
@@ -126,12 +131,18 @@ def unpack_image(
 
 
 def _unpack_layer(
-    layout: OciLayout, sn: Snapshots, index: int, layer: Layer, parent: str, progress: Progress
+    layout: OciLayout,
+    sn: Snapshots,
+    index: int,
+    layer: Layer,
+    parent: str,
+    progress: Progress,
+    extra_labels: Mapping[str, str],
 ) -> UnpackedLayer:
     chain_id = layer.chain_id
     if _exists(sn, chain_id):
         return UnpackedLayer(chain_id, layer.diff_id, None)
-    labels = snapshot_labels(layer)
+    labels = {**extra_labels, **snapshot_labels(layer)}
     key = ""
     mounts: Sequence[MountLike] = ()
     for _ in range(PREPARE_TRIES):

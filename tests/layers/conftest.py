@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from cimsnap.layers.cimlayer import ImportResult, import_cim_layer
-from tests.images.builder import LayerSpec, windows_image
+from tests.images.builder import LayerSpec
+from tests.images.fixtures import image_specs, image_tars
+
+__all__ = ["image_specs", "image_tars"]
 
 FIXED_NOW = 133_600_000_000_000_000  # the importer's clock for generated entries
 
@@ -48,16 +51,6 @@ def import_chain(
         )
         dirs.append(layer_dir)
     return dirs, results
-
-
-@pytest.fixture(scope="session")
-def image_specs() -> list[LayerSpec]:
-    return windows_image()
-
-
-@pytest.fixture(scope="session")
-def image_tars(image_specs: list[LayerSpec]) -> list[bytes]:
-    return [spec.tar() for spec in image_specs]
 
 
 @pytest.fixture(scope="module")
