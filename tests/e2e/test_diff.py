@@ -25,10 +25,11 @@ from cimsnap.service.differ import DiffClient
 from cimsnap.snapshotter.model import Mount
 from tests.e2e.containerd import NAMESPACE, CimsnapService, Containerd
 from tests.images.builder import MEDIA_TYPES, LayerSpec, chain_ids, compress
-from tests.images.fixtures import image_specs, image_tars  # noqa: F401 (fixtures)
+from tests.images.fixtures import image_specs_fixture, image_tars_fixture
 from tests.images.model import assert_cim_matches, expected_trees, fold
 
 pytestmark = pytest.mark.tool
+__all__ = ["image_specs_fixture", "image_tars_fixture"]  # fixtures used below
 
 HIVE_BASES = {fold(h.base_path) for h in layout.HIVE_TABLE}
 REWRITTEN = {fold(layout.BCD_FILE), fold(layout.UVM_SYSTEM_HIVE)}

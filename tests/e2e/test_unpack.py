@@ -24,10 +24,11 @@ from cimsnap.snapshotter.metastore import MetaStore
 from tests.conftest import PROJECT_ROOT
 from tests.e2e.containerd import NAMESPACE, SNAPSHOTTER_NAME, CimsnapService, Containerd
 from tests.images.builder import LayerSpec, pack_oci_layout
-from tests.images.fixtures import image_specs, image_tars  # noqa: F401 (fixtures)
+from tests.images.fixtures import image_specs_fixture, image_tars_fixture
 from tests.images.model import assert_cim_matches, expected_trees, fold
 
 pytestmark = pytest.mark.tool
+__all__ = ["image_specs_fixture", "image_tars_fixture"]  # fixtures used below
 
 UVM_LABEL = "containerd.io/snapshot/io.microsoft.vm.storage.scratch"
 GC_ROOT = {"containerd.io/gc.root": "2024-02-15T00:00:00Z"}

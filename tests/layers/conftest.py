@@ -13,9 +13,9 @@ import pytest
 
 from cimsnap.layers.cimlayer import ImportResult, import_cim_layer
 from tests.images.builder import LayerSpec
-from tests.images.fixtures import image_specs, image_tars
+from tests.images.fixtures import image_specs_fixture, image_tars_fixture
 
-__all__ = ["image_specs", "image_tars"]
+__all__ = ["image_specs_fixture", "image_tars_fixture"]
 
 FIXED_NOW = 133_600_000_000_000_000  # the importer's clock for generated entries
 
