@@ -159,12 +159,6 @@ def test_copy_lock_reverifies_a_changed_template(tdir: Path) -> None:
         linkage_ok(tdir)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="libvhdi reads a differencing chunk's sector bitmap from file offset 0 when the chunk"
-    " has no sector-bitmap block (libvhdi_block_allocation_table.c); the VHDX engine does not"
-    " allocate those blocks in a new differencing disk, so libvhdi misreads untouched blocks",
-)
 def test_libvhdi_reads_the_child_through_its_parent(pristine: Path) -> None:
     import pyvhdi
 

@@ -46,6 +46,8 @@ from cimsnap.formats.vhdx.structs import (
     PAYLOAD_BLOCK_FULLY_PRESENT,
     PHYSICAL_SECTOR_SIZE_GUID,
     REGION_TABLE_OFFSETS,
+    SB_BLOCK_PRESENT,
+    SECTOR_BITMAP_BLOCK_SIZE,
     SECTOR_SIZE_ITEM,
     SECTOR_SIZES,
     VIRTUAL_DISK_ID_GUID,
@@ -161,7 +163,29 @@ def layout(
         file_size = data_offset + geometry.data_blocks * geometry.block_size
     if bat is not None and any(bat):
         pieces.append((BAT_OFFSET, bat))
+    elif bat is None and locator is not None:
+        file_size = _preallocate_sector_bitmaps(geometry, data_offset, pieces)
     return NewFile(pieces, file_size, data_offset, geometry)
+
+
+def _preallocate_sector_bitmaps(
+    geometry: Geometry, data_offset: int, pieces: list[tuple[int, bytes]]
+) -> int:
+    """Give every chunk of a new differencing disk its (all-zero, so sparse) sector bitmap block.
+
+    An all-zero bitmap means "every sector comes from the parent", exactly what an absent bitmap
+    means, so this changes no content.  It exists for interoperability: libvhdi
+    (libvhdi_block_allocation_table.c) reads a chunk's bitmap at file offset 0 when the chunk has
+    no bitmap block, and so misreads untouched blocks of a fresh child.  The blocks are never
+    written, so they cost file length but no stored bytes.  Returns the new file size.
+    """
+    offset = data_offset
+    for chunk in range(geometry.bitmap_blocks):
+        entry = bat_entry(SB_BLOCK_PRESENT, offset)
+        at = BAT_OFFSET + geometry.bitmap_index(chunk) * BAT_ENTRY_SIZE
+        pieces.append((at, entry.to_bytes(BAT_ENTRY_SIZE, "little")))
+        offset += SECTOR_BITMAP_BLOCK_SIZE
+    return offset
 
 
 def check_parameters(

@@ -1148,7 +1148,11 @@ class VhdxDisk:
         # disk whose parent is larger than it must not show the parent through the new space.
         def new_entry(index: int) -> int:
             if new.is_bitmap_index(index):
-                return 0
+                # New chunks of a child get their bitmap block now, as create_differencing
+                # gives them (libvhdi needs it; see create._preallocate_sector_bitmaps).
+                if not new.has_parent:
+                    return 0
+                return bat_entry(SB_BLOCK_PRESENT, self._allocate(SECTOR_BITMAP_BLOCK_SIZE))
             block = new.block_of_index(index)
             if block < old.data_blocks or block >= new.data_blocks:
                 return 0

@@ -213,3 +213,26 @@ def test_non_durable_creation_makes_the_same_valid_files(tmp_path: Path) -> None
     with open_disk(child) as disk:
         assert disk.parent is not None and disk.read_at(0, 4096) == bytes(4096)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.vhdx", "c.vhdx"]  # no temp files
+
+
+def test_fresh_child_reads_its_parent_in_libvhdi_and_stays_small(tmp_path: Path) -> None:
+    """An unwritten child spanning several sector-bitmap chunks reads as its parent everywhere.
+
+    libvhdi misreads chunks that have no sector bitmap block, so new children carry (sparse,
+    all-zero) bitmap blocks for every chunk; they must cost no stored bytes.
+    """
+    size = 9 << 30  # 3 chunks of 4 GiB at 512-byte sectors and 1 MiB blocks
+    base, child = tmp_path / "base.vhdx", tmp_path / "child.vhdx"
+    create(base, size)
+    spots = [0, 3 * MiB, (4 << 30) + 7 * MiB, size - MiB]
+    with open_disk(base, writable=True) as disk:
+        for n, at in enumerate(spots):
+            disk.write_at(at, pattern(n, MiB))
+    create_differencing(child, base)
+    check(child)
+    assert os.stat(child).st_blocks * 512 < 256 * 1024
+    top = _pyvhdi_chain([base, child])
+    for n, at in enumerate(spots):
+        assert top.read_buffer_at_offset(MiB, at) == pattern(n, MiB)  # type: ignore[attr-defined]
+    with open_disk(child) as disk:
+        assert all(disk.read_at(at, MiB) == pattern(n, MiB) for n, at in enumerate(spots))
