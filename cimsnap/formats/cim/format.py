@@ -514,12 +514,12 @@ def unpack_link_table(table: bytes, value_size: int) -> list[tuple[bytes, bytes]
         raise CimFormatError(f"link table count {count} does not fit in {size} bytes")
     values_at = LINK_TABLE_HEADER.size
     offsets_at = values_at + count * value_size
+    name_offsets = struct.unpack_from(f"<{count}I", table, offsets_at)
     out = []
-    for i in range(count):
-        (name_at,) = NAME_OFFSET.unpack_from(table, offsets_at + i * NAME_OFFSET.size)
+    for i, name_at in enumerate(name_offsets):
         if name_at < offsets_at or name_at > size - COUNTED_LENGTH.size:
             raise CimFormatError(f"link table name offset {name_at} of entry {i} out of range")
-        (units,) = COUNTED_LENGTH.unpack_from(table, name_at)
+        units = table[name_at] | table[name_at + 1] << 8
         end = name_at + COUNTED_LENGTH.size + 2 * units
         if end > size:
             raise CimFormatError(f"link table name of entry {i} ({units} units) runs past the end")

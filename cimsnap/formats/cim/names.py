@@ -89,6 +89,8 @@ class Collation:
             raise ValueError(f"upcase table has {len(table)} entries, not {UPCASE_TABLE_UNITS}")
         self.table = array("H", table)
         self._map = {unit: up for unit, up in enumerate(self.table) if up != unit}
+        # Most names are ASCII; when the table maps ASCII like str.upper(), use that (in C).
+        self._ascii_is_upper = all(self.table[c] == ord(chr(c).upper()) for c in range(128))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Collation:
@@ -111,7 +113,11 @@ class Collation:
 
     def key(self, name: str) -> bytes:
         """Sort key: the upcased UTF-16 units, big-endian so bytes compare like units."""
-        if name.isascii() or max(name) <= "\uffff":
+        if name.isascii():
+            if self._ascii_is_upper:
+                return name.upper().encode("utf-16-be")
+            units = name
+        elif max(name) <= "\uffff":
             units = name  # every code point is already one UTF-16 unit (lone surrogates too)
         else:
             units = "".join(chr(u) for u in _units(name))
