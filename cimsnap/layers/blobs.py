@@ -67,10 +67,10 @@ def detect_compression(head: bytes) -> str:
 class _Hashing(io.RawIOBase):
     """Reads ``raw`` and hashes (and counts) everything read."""
 
-    def __init__(self, raw: BinaryIO, algorithm: str = "sha256") -> None:
+    def __init__(self, raw: BinaryIO, algorithm: str | None = "sha256") -> None:
         super().__init__()
         self.raw = raw
-        self.hash = _ALGORITHMS[algorithm]()
+        self.hash = _ALGORITHMS[algorithm]() if algorithm else None
         self.count = 0
 
     def readable(self) -> bool:
@@ -86,7 +86,8 @@ class _Hashing(io.RawIOBase):
             got = len(data)
             view[:got] = data
         if got:
-            self.hash.update(view[:got])
+            if self.hash is not None:
+                self.hash.update(view[:got])
             self.count += got
         return got
 
@@ -216,9 +217,10 @@ class LayerBlob(io.RawIOBase):
                 f"{'uncompressed' if self.compression == 'none' else self.compression}",
                 path=name,
             )
+        # An uncompressed blob is its own tar: its digest is the diff ID, hashed once.
         self._plain = _Hashing(
             _decompressor(_Peeked(bytes(head[:got]), self._compressed), self.compression),
-            algorithm,
+            algorithm if self.compression != "none" else None,
         )
         self._algorithm = algorithm
         self._pipe: _Prefetch | None = _Prefetch(self._plain) if threaded else None
@@ -257,10 +259,13 @@ class LayerBlob(io.RawIOBase):
             self._compressed.read_to_end()
         except OSError as err:
             raise self._bad(err) from err
+        assert self._compressed.hash is not None
+        digest = f"{self._algorithm}:{self._compressed.hash.hexdigest()}"
+        plain = self._plain.hash
         return BlobDigests(
-            f"{self._algorithm}:{self._compressed.hash.hexdigest()}",
+            digest,
             self._compressed.count,
-            f"{self._algorithm}:{self._plain.hash.hexdigest()}",
+            f"{self._algorithm}:{plain.hexdigest()}" if plain is not None else digest,
             self._plain.count,
             self.compression,
         )

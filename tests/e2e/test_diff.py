@@ -266,3 +266,49 @@ def test_content_from_containerd(
     finally:
         service.stop()
     assert os.path.exists(containerd.address)
+
+
+def test_messages_are_wire_compatible_with_containerd() -> None:
+    """Field numbers and types as in containerd's diff.proto, descriptor.proto, content.proto."""
+    from cimsnap.service.proto import diff_content_pb2, diff_pb2, diff_types_pb2
+
+    def fields(message: object) -> dict[str, tuple[int, int]]:
+        descriptor = message.DESCRIPTOR  # type: ignore[attr-defined]
+        return {f.name: (f.number, f.type) for f in descriptor.fields}
+
+    string, int64, boolean, nested, raw = 9, 3, 8, 11, 12  # FieldDescriptor.TYPE_*
+    assert fields(diff_pb2.ApplyRequest) == {
+        "diff": (1, nested),
+        "mounts": (2, nested),
+        "payloads": (3, nested),
+        "sync_fs": (4, boolean),
+    }
+    assert fields(diff_pb2.ApplyResponse) == {"applied": (1, nested)}
+    assert fields(diff_pb2.DiffRequest) == {
+        "left": (1, nested),
+        "right": (2, nested),
+        "media_type": (3, string),
+        "ref": (4, string),
+        "labels": (5, nested),
+        "source_date_epoch": (6, nested),
+    }
+    assert fields(diff_pb2.DiffResponse) == {"diff": (3, nested)}
+    assert fields(diff_types_pb2.Descriptor) == {
+        "media_type": (1, string),
+        "digest": (2, string),
+        "size": (3, int64),
+        "annotations": (5, nested),
+    }
+    assert fields(diff_content_pb2.ReadContentRequest) == {
+        "digest": (1, string),
+        "offset": (2, int64),
+        "size": (3, int64),
+    }
+    assert fields(diff_content_pb2.ReadContentResponse) == {"offset": (1, int64), "data": (2, raw)}
+    assert (
+        diff_pb2.DESCRIPTOR.services_by_name["Diff"].full_name == "containerd.services.diff.v1.Diff"
+    )
+    # Bytes as Go's encoder writes them: field 1 (diff) holding field 2 (digest), then sync_fs.
+    request = diff_pb2.ApplyRequest(sync_fs=True)
+    request.diff.digest = "sha256:ab"
+    assert request.SerializeToString() == b"\n\x0b\x12\tsha256:ab \x01"

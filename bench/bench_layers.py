@@ -1,0 +1,342 @@
+"""Layer import (tar -> CimFS layer) against GNU ``tar -x`` of the same file, side by side.
+
+A generated Windows base layer of ``CIMSNAP_BENCH_LAYER_MIB`` MiB (default 1024) in
+``CIMSNAP_BENCH_LAYER_FILES`` files (default 20,000; sizes spread like a system image, content
+distinct so nothing deduplicates) is imported with ``cimsnap layer import`` and extracted with
+``tar -x`` into the same filesystem, alternating, best of ``CIMSNAP_BENCH_ROUNDS`` (default 3).
+Each side runs in a child process whose peak memory is read with ``wait4``; the import's time
+is measured inside its process (interpreter start-up excluded), tar's around it.  The import
+writes durably (the CIM is fsynced at commit); tar does not sync.  Peak memory is also measured
+on a layer of a quarter of the size with as many files: it must not grow with the data.
+
+Then a full three-layer image (the big layer zstd-compressed, a gzip and a plain layer on top)
+is unpacked end to end with ``cimsnap image unpack`` (digests verified, hives merged, utility VM
+set up) and compared with decompressing and extracting the same three layers with zstd, gzip
+and tar.  Goals: import >= 0.7x tar's throughput; peak memory < 200 MiB.
+``CIMSNAP_BENCH_DIR`` picks the working directory (default: a temporary one in /var/tmp).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import bench_line, print_table
+
+MiB = 1 << 20
+PROJECT = Path(__file__).resolve().parent.parent
+POOL_BYTES = 64 * MiB
+
+# Runs in the child: import one tar, print the seconds it took (interpreter start-up excluded).
+_IMPORT_CHILD = """
+import json, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+from cimsnap.layers.apply import import_blob, local_target
+with open(sys.argv[1], "rb") as raw:
+    applied = import_blob(raw, local_target(Path(sys.argv[2])))
+print(json.dumps({"seconds": time.perf_counter() - t0, "size": applied.size}))
+"""
+
+
+def _sizes(total: int, count: int, rng: random.Random) -> list[int]:
+    """File sizes like a system image: most small, a few large; they add up to ``total``."""
+    raw = [rng.lognormvariate(0, 1.6) for _ in range(count)]
+    scale = total / sum(raw)
+    sizes = [max(0, int(r * scale)) for r in raw]
+    sizes[0] += total - sum(sizes)
+    return sizes
+
+
+def make_base_layer(path: Path, total: int, count: int, seed: int = 1) -> int:
+    """A base layer tar: the test image's hives and Windows skeleton, plus ``count`` files."""
+    sys.path.insert(0, str(PROJECT))
+    from cimsnap.formats.wintar import WinTarWriter
+    from tests.images.builder import base_layer, meta
+
+    rng = random.Random(seed)
+    pool = memoryview(rng.randbytes(POOL_BYTES))
+    spec = base_layer()
+    sizes = _sizes(total, count, rng)
+    with open(path, "wb") as out, WinTarWriter(out, stream_data_suffix=True) as writer:
+        for op in spec.ops:  # write the skeleton through the builder's own writer logic
+            if op.kind == "dir":
+                assert op.meta is not None
+                writer.add_directory(op.path, op.meta)
+            elif op.kind == "file":
+                assert op.meta is not None
+                writer.add_file(op.path, op.meta, op.data)
+                for name, data in op.streams.items():
+                    writer.add_stream(op.path, name, data)
+            elif op.kind == "link":
+                assert op.meta is not None and op.target is not None
+                writer.add_hardlink(op.path, op.target, op.meta)
+            elif op.kind == "symlink":
+                assert op.meta is not None and op.target is not None
+                writer.add_symlink(op.path, op.meta, op.target, mount_point=op.mount_point)
+        dir_meta, file_meta = meta(0x10), meta(0x20)
+        per_dir = 200
+        for d in range(-(-count // per_dir)):
+            writer.add_directory(f"Files\\Program Files\\pkg{d:04d}", dir_meta) if d else (
+                writer.add_directory("Files\\Program Files", dir_meta),
+                writer.add_directory("Files\\Program Files\\pkg0000", dir_meta),
+            )
+            for i in range(d * per_dir, min(count, (d + 1) * per_dir)):
+                size = sizes[i]
+                # Distinct content for every file (an offset and a stamp), so no dedup.
+                start = (i * 7919) % max(1, POOL_BYTES - min(size, POOL_BYTES))
+                stamp = i.to_bytes(8, "little")
+                data = _Content(pool, start, size, stamp)
+                writer.add_file(
+                    f"Files\\Program Files\\pkg{d:04d}\\file{i:06d}.bin", file_meta, data, size
+                )
+    return sum(sizes)
+
+
+class _Content(io.RawIOBase):
+    """``size`` bytes from the pool (wrapping), starting with an 8-byte stamp."""
+
+    def __init__(self, pool: memoryview, start: int, size: int, stamp: bytes) -> None:
+        super().__init__()
+        self.pool, self.pos, self.left = pool, start, size
+        self.head = stamp[: min(8, size)]
+        self.left -= len(self.head)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        if self.head:
+            n = len(self.head)
+            view[:n] = self.head
+            self.head = b""
+            return n
+        n = min(len(view), self.left, len(self.pool) - self.pos)
+        if n <= 0:
+            if self.left and self.pos >= len(self.pool):
+                self.pos = 0
+                return self.readinto(buffer)
+            return 0
+        view[:n] = self.pool[self.pos : self.pos + n]
+        self.pos += n
+        self.left -= n
+        return n
+
+
+def _child_rss(cmd: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB, stdout) of ``cmd`` run under GNU time.
+
+    GNU time forks the command from its own small process, so the peak is the command's own
+    (a child forked from this big benchmark process would inherit its high-water mark).
+    """
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as stats:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            ["/usr/bin/time", "-o", stats.name, "-f", "%M", *cmd], capture_output=True, env=env
+        )
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
+        peak_kib = int(stats.read().strip().splitlines()[-1])
+    return wall, peak_kib / 1024, proc.stdout.decode()
+
+
+def _import(tar: Path, work: Path) -> tuple[float, float]:
+    snaps = work / "snapshots"
+    shutil.rmtree(snaps, ignore_errors=True)
+    snaps.mkdir(parents=True)
+    _, rss, out = _child_rss([sys.executable, "-c", _IMPORT_CHILD, str(tar), str(snaps / "1")])
+    seconds = json.loads(out)["seconds"]
+    shutil.rmtree(snaps, ignore_errors=True)
+    return seconds, rss
+
+
+def _tar_x(tar: Path, work: Path) -> tuple[float, float]:
+    dest = work / "extract"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    wall, rss, _ = _child_rss(
+        ["tar", "--warning=no-unknown-keyword", "-xf", str(tar), "-C", str(dest)]
+    )
+    shutil.rmtree(dest, ignore_errors=True)
+    return wall, rss
+
+
+def main() -> None:
+    size_mib = int(os.environ.get("CIMSNAP_BENCH_LAYER_MIB", "1024"))
+    files = int(os.environ.get("CIMSNAP_BENCH_LAYER_FILES", "20000"))
+    rounds = int(os.environ.get("CIMSNAP_BENCH_ROUNDS", "3"))
+    base_dir = os.environ.get("CIMSNAP_BENCH_DIR")
+    work = Path(tempfile.mkdtemp(prefix="cimsnap-bench-layers-", dir=base_dir or "/var/tmp"))
+    try:
+        _run(work, size_mib, files, rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(work: Path, size_mib: int, files: int, rounds: int) -> None:
+    big = work / "layer.tar"
+    t0 = time.perf_counter()
+    data_bytes = make_base_layer(big, size_mib * MiB, files)
+    small = work / "layer-quarter.tar"
+    make_base_layer(small, size_mib * MiB // 4, files, seed=2)
+    tar_mb = big.stat().st_size / 1e6
+    print(
+        f"generated {tar_mb:.0f} MB tar ({files} files, {data_bytes / MiB:.0f} MiB of data) "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+
+    imports, tars, import_rss, tar_rss = [], [], [], []
+    for _ in range(rounds):
+        seconds, rss = _import(big, work)
+        imports.append(seconds)
+        import_rss.append(rss)
+        seconds, rss = _tar_x(big, work)
+        tars.append(seconds)
+        tar_rss.append(rss)
+    _, small_rss = _import(small, work)
+    best_import, best_tar = min(imports), min(tars)
+    ratio = best_tar / best_import
+    rows = [
+        [
+            "cimsnap layer import",
+            f"{best_import:.2f}",
+            f"{tar_mb / best_import:.0f}",
+            f"{max(import_rss):.0f}",
+        ],
+        ["tar -x (GNU)", f"{best_tar:.2f}", f"{tar_mb / best_tar:.0f}", f"{max(tar_rss):.0f}"],
+        ["cimsnap layer import, 1/4 data", "", "", f"{small_rss:.0f}"],
+    ]
+    print_table(
+        f"import of a {tar_mb:.0f} MB / {files}-file layer (best of {rounds})",
+        ["", "seconds", "MB/s", "peak MiB"],
+        rows,
+    )
+    print(f"import / tar throughput: {ratio:.2f}x (goal >= 0.7x)")
+
+    unpack_seconds, unpack_rss, baseline_seconds = _unpack(work, big)
+    print_table(
+        "three-layer image, end to end",
+        ["", "seconds", "peak MiB"],
+        [
+            [
+                "cimsnap image unpack (verify, import, hives, UVM)",
+                f"{unpack_seconds:.2f}",
+                f"{unpack_rss:.0f}",
+            ],
+            ["zstd -d | tar -x, gzip -d | tar -x, tar -x", f"{baseline_seconds:.2f}", ""],
+        ],
+    )
+    peak = max(max(import_rss), small_rss, unpack_rss)
+    bench_line(
+        "layer_import_throughput",
+        tar_mb / best_import,
+        "MB/s",
+        baseline=tar_mb / best_tar,
+        goal=">= 0.7x tar -x",
+        met=ratio >= 0.7,
+    )
+    bench_line("layer_import_peak_rss", peak, "MiB", goal="< 200 MiB", met=peak < 200)
+    bench_line(
+        "image_unpack_3_layers",
+        unpack_seconds,
+        "s",
+        baseline=baseline_seconds,
+        goal="end to end (informational)",
+        met=None,
+    )
+
+
+def _unpack(work: Path, big: Path) -> tuple[float, float, float]:
+    sys.path.insert(0, str(PROJECT))
+    from tests.images.builder import compress, pack_oci_layout, second_layer, third_layer
+
+    layer2, layer3 = second_layer().tar(), third_layer().tar()
+    layout_dir = work / "oci"
+    # The big layer is compressed by the zstd tool (streaming), then stored as a blob.
+    zst = work / "layer.tar.zst"
+    subprocess.run(["zstd", "-q", "-1", "-T0", "-f", str(big), "-o", str(zst)], check=True)
+    packed = pack_oci_layout(
+        layout_dir, [b"", layer2, layer3], compression=["none", "gzip", "none"]
+    )
+    _replace_first_layer(layout_dir, packed, big, zst)
+    root = work / "root"
+    wall, rss, out = _child_rss(
+        [
+            sys.executable,
+            "-m",
+            "cimsnap.cli",
+            "image",
+            "unpack",
+            str(layout_dir),
+            "--root",
+            str(root),
+            "--json",
+        ]
+    )
+    report = json.loads(out)
+    assert not any(layer["skipped"] for layer in report["layers"])
+    shutil.rmtree(root, ignore_errors=True)
+    dest = work / "baseline"
+    dest.mkdir()
+    (work / "l2.tar.gz").write_bytes(compress(layer2, "gzip"))
+    (work / "l3.tar").write_bytes(layer3)
+    t0 = time.perf_counter()
+    for command in (
+        f"zstd -dc {zst} | tar --warning=no-unknown-keyword -xf - -C {dest}",
+        f"gzip -dc {work / 'l2.tar.gz'} | tar --warning=no-unknown-keyword -xf - -C {dest}",
+        f"tar --warning=no-unknown-keyword -xf {work / 'l3.tar'} -C {dest}",
+    ):
+        subprocess.run(command, shell=True, check=True, capture_output=True)
+    baseline = time.perf_counter() - t0
+    shutil.rmtree(dest, ignore_errors=True)
+    return wall, rss, baseline
+
+
+def _replace_first_layer(layout_dir: Path, packed: object, big: Path, zst: Path) -> None:
+    """Put the big zstd layer in place of the empty first layer (manifest, config, index)."""
+    import hashlib
+
+    def digest_file(path: Path) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(8 * MiB):
+                h.update(chunk)
+        return "sha256:" + h.hexdigest()
+
+    blob_digest, diff_id = digest_file(zst), digest_file(big)
+    blobs = layout_dir / "blobs" / "sha256"
+    shutil.copyfile(zst, blobs / blob_digest[7:])
+    index = json.loads((layout_dir / "index.json").read_text())
+    manifest_desc = index["manifests"][0]
+    manifest = json.loads((blobs / manifest_desc["digest"][7:]).read_bytes())
+    config = json.loads((blobs / manifest["config"]["digest"][7:]).read_bytes())
+    config["rootfs"]["diff_ids"][0] = diff_id
+    config_bytes = json.dumps(config).encode()
+    config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+    (blobs / config_digest[7:]).write_bytes(config_bytes)
+    manifest["config"].update(digest=config_digest, size=len(config_bytes))
+    manifest["layers"][0] = {
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+zstd",
+        "digest": blob_digest,
+        "size": zst.stat().st_size,
+    }
+    manifest_bytes = json.dumps(manifest).encode()
+    manifest_digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
+    (blobs / manifest_digest[7:]).write_bytes(manifest_bytes)
+    manifest_desc.update(digest=manifest_digest, size=len(manifest_bytes))
+    (layout_dir / "index.json").write_text(json.dumps(index))
+
+
+if __name__ == "__main__":
+    main()
