@@ -59,7 +59,7 @@ def proxy_plugin_snippet(address: str | os.PathLike[str], name: str = PLUGIN_NAM
     """containerd configuration that makes ``name`` a proxy snapshotter at ``address``."""
     address = str(address)
     extra = "".join(
-        f'\n  [proxy_plugins.{name}-{p.type}]\n    type = "{p.type}"\n    address = "{address}"\n'
+        f'\n  [proxy_plugins.{name}-{p.name}]\n    type = "{p.type}"\n    address = "{address}"\n'
         for p in plugins.discover()
         if p.type is not None
     )

@@ -143,3 +143,24 @@ def test_generated_modules_are_current() -> None:
     from cimsnap.service.proto import generate
 
     assert generate.main(["--check"]) == 0
+
+
+def test_check_compares_meaning_not_formatting() -> None:
+    pytest.importorskip("grpc_tools")
+    import subprocess
+    import sys
+
+    from cimsnap.service.proto import generate
+
+    text = generate.render(generate.PROTO_DIR / "snapshots.proto")
+    reformatted = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--stdin-filename", "x.py", "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert reformatted != text  # ruff requotes the generated literals...
+    assert generate.signature(reformatted) == generate.signature(text)  # ...same meaning
+    changed = text.replace("containerd.services.snapshots.v1", "containerd.services.snapshots.v2")
+    assert generate.signature(changed) != generate.signature(text)

@@ -95,8 +95,8 @@ def test_prints_config_and_stops_cleanly(
     assert v3["proxy_plugins"]["cimsnap"]["platform"] == "windows/amd64"
     assert not address.exists()  # the socket is removed on the way out
     lines = err.strip().splitlines()
-    assert lines[0].split()[1:3] == ["level=info", "msg=serving"]
-    assert f"address={address}" in lines[0]
+    serving = [line for line in lines if line.split()[1:3] == ["level=info", "msg=serving"]]
+    assert len(serving) == 1 and f"address={address}" in serving[0]
     assert lines[-1].split()[1:3] == ["level=info", "msg=stopped"]
 
 
@@ -178,14 +178,14 @@ def test_default_locations(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 ECHO_PLUGIN = """
 import grpc
-PROXY_PLUGIN_TYPE = "diff"
+PROXY_PLUGIN_TYPE = "content"
 
 def handlers(context):
     def apply(request, ctx):
         return str(context.root).encode() + b"|" + request
     return [grpc.method_handlers_generic_handler(
-        "containerd.services.diff.v1.Diff",
-        {"Apply": grpc.unary_unary_rpc_method_handler(apply)},
+        "cimsnap.test.Echo",
+        {"Echo": grpc.unary_unary_rpc_method_handler(apply)},
     )]
 """
 
@@ -197,21 +197,21 @@ def test_service_plugins_share_the_server(
 ) -> None:
     plugin_dir = short_dir / "plugins"
     plugin_dir.mkdir()
-    (plugin_dir / "echo_diff.py").write_text(ECHO_PLUGIN)
+    (plugin_dir / "echo_plugin.py").write_text(ECHO_PLUGIN)
     monkeypatch.setattr(plugins, "__path__", [*plugins.__path__, str(plugin_dir)])
     sn = make_snapshotter(short_dir / "root", mode="wcifs")
     server = SnapshotterServer(sn, short_dir / "p.sock")
     server.start()
     try:
         with grpc.insecure_channel(f"unix:{server.address}") as channel:
-            apply = channel.unary_unary("/containerd.services.diff.v1.Diff/Apply")
-            assert apply(b"layer", timeout=10) == str(sn.root).encode() + b"|layer"
+            echo = channel.unary_unary("/cimsnap.test.Echo/Echo")
+            assert echo(b"layer", timeout=10) == str(sn.root).encode() + b"|layer"
         with SnapshotsClient(str(server.address)) as client:  # snapshots.v1 still served
             assert list(client.walk()) == []
     finally:
         server.stop()
     _, v3 = split_snippet(proxy_plugin_snippet(short_dir / "p.sock"))
-    assert v3["proxy_plugins"]["cimsnap-diff"] == {
-        "type": "diff",
+    assert v3["proxy_plugins"]["cimsnap-echo_plugin"] == {
+        "type": "content",
         "address": str(short_dir / "p.sock"),
     }

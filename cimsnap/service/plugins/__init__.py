@@ -7,9 +7,9 @@ A plugin is a module in this package (``cimsnap/service/plugins/<name>.py``) def
 
 The server calls ``handlers`` once at start-up with the running snapshotter (so e.g. a differ's
 ``containerd.services.diff.v1.Diff/Apply`` can import a layer into the snapshot a CimFS mount
-names) and registers what it returns; the printed containerd configuration gains a
-``[proxy_plugins.cimsnap-<type>]`` entry for containerd 2.x (1.6/1.7 proxy only snapshotters
-and content stores).  Modules whose name starts with ``_`` are skipped.
+names) and registers what it returns.  A plugin with a type gets an entry in the printed
+containerd 2.x configuration, ``[proxy_plugins.cimsnap-<module>]`` (1.6/1.7 proxy only
+snapshotters and content stores).  Modules whose name starts with ``_`` are skipped.
 """
 
 from __future__ import annotations

@@ -5,12 +5,15 @@
 grpcio-tools' protoc compiles each ``.proto`` (import paths relative to the project root, so the
 descriptor names are ``cimsnap/service/proto/<name>.proto``) into a descriptor set; each
 ``<name>_pb2.py`` embeds its file's serialized descriptor and builds the classes with
-:mod:`cimsnap.service.proto.runtime`.  ``--check`` exits 1 if a committed file is out of date.
+:mod:`cimsnap.service.proto.runtime`.  ``--check`` exits 1 if a committed file is out of date
+(compared by meaning, so a reformatted file still counts as current); without it, only files
+whose meaning changed are rewritten.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 import tempfile
 from pathlib import Path
@@ -50,6 +53,29 @@ def _module_for(dependency: str) -> str:
     return dependency.removesuffix(".proto").replace("/", ".") + "_pb2"
 
 
+def signature(text: str) -> tuple[object, ...]:
+    """What a generated module means, whatever its formatting: imports, descriptor, names.
+
+    (Formatters may requote or rewrap a generated file; ``--check`` compares meaning.)
+    """
+    tree = ast.parse(text)
+    imports: list[str] = []
+    serialized = b""
+    names: list[tuple[str, str]] = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            imports += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            imports += [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            target = node.targets[0].id
+            if target == "_SERIALIZED":
+                serialized = ast.literal_eval(node.value)
+            else:
+                names.append((target, ast.dump(node.value)))
+    return tuple(imports), serialized, tuple(names)
+
+
 def render(proto: Path) -> str:
     from google.protobuf import descriptor_pb2
 
@@ -87,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         target = proto.with_name(proto.stem + "_pb2.py")
         text = render(proto)
         current = target.read_text() if target.exists() else None
-        if current != text:
+        if current is None or signature(current) != signature(text):
             stale.append(target.name)
             if not args.check:
                 target.write_text(text)
