@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +92,7 @@ def layout(
     locator: ParentLocator | None = None,
     disk_id: uuid.UUID | None = None,
     bat: bytes | None = None,
+    bitmap_chunks: Iterable[int] = (),
 ) -> NewFile:
     """Every structure of a new file; ``bat`` (if given) replaces the computed BAT."""
     bat_length = geometry.bat_region_length
@@ -163,24 +164,29 @@ def layout(
         file_size = data_offset + geometry.data_blocks * geometry.block_size
     if bat is not None and any(bat):
         pieces.append((BAT_OFFSET, bat))
-    elif bat is None and locator is not None:
-        file_size = _preallocate_sector_bitmaps(geometry, data_offset, pieces)
+    elif bat is None and bitmap_chunks:
+        file_size = _preallocate_sector_bitmaps(geometry, data_offset, pieces, bitmap_chunks)
     return NewFile(pieces, file_size, data_offset, geometry)
 
 
 def _preallocate_sector_bitmaps(
-    geometry: Geometry, data_offset: int, pieces: list[tuple[int, bytes]]
+    geometry: Geometry,
+    data_offset: int,
+    pieces: list[tuple[int, bytes]],
+    chunks: Iterable[int],
 ) -> int:
-    """Give every chunk of a new differencing disk its (all-zero, so sparse) sector bitmap block.
+    """Give ``chunks`` of a new differencing disk their (all-zero, so sparse) sector bitmaps.
 
     An all-zero bitmap means "every sector comes from the parent", exactly what an absent bitmap
     means, so this changes no content.  It exists for interoperability: libvhdi
     (libvhdi_block_allocation_table.c) reads a chunk's bitmap at file offset 0 when the chunk has
-    no bitmap block, and so misreads untouched blocks of a fresh child.  The blocks are never
+    no bitmap block, and so misreads untouched blocks of a fresh child whose parent has data
+    there.  Only chunks over parent data need one (elsewhere libvhdi's zeros are right), which
+    keeps a child of a 1 TiB blank template as small as one of 10 GiB.  The blocks are never
     written, so they cost file length but no stored bytes.  Returns the new file size.
     """
     offset = data_offset
-    for chunk in range(geometry.bitmap_blocks):
+    for chunk in sorted(chunks):
         entry = bat_entry(SB_BLOCK_PRESENT, offset)
         at = BAT_OFFSET + geometry.bitmap_index(chunk) * BAT_ENTRY_SIZE
         pieces.append((at, entry.to_bytes(BAT_ENTRY_SIZE, "little")))
@@ -312,5 +318,10 @@ def create_differencing(
                 KEY_ABSOLUTE_WIN32_PATH: os.path.abspath(parent),
             }
         )
-        new = layout(geometry, physical_sector_size=p.physical_sector_size, locator=locator)
+        new = layout(
+            geometry,
+            physical_sector_size=p.physical_sector_size,
+            locator=locator,
+            bitmap_chunks=[c for c in p.chunks_with_data() if c < geometry.bitmap_blocks],
+        )
     write_new_file(child, lambda fd: new, durable=durable)

@@ -97,6 +97,7 @@ from cimsnap.formats.vhdx.structs import (
     SECTOR_BITMAP_BLOCK_SIZE,
     SECTOR_SIZE_ITEM,
     SECTOR_SIZES,
+    SECTORS_PER_CHUNK,
     VHDX_PARENT_LOCATOR_TYPE,
     VIRTUAL_DISK_ID_GUID,
     VIRTUAL_DISK_ID_SIZE,
@@ -753,6 +754,23 @@ class VhdxDisk:
                 if value:
                     yield base + i, value
 
+    def chunks_with_data(self) -> set[int]:
+        """Sector-bitmap chunks (``2**23`` logical sectors each) where this disk or one of its
+        parents stores a block; elsewhere the whole chain reads as zeros."""
+        span = SECTORS_PER_CHUNK * self.logical_sector_size
+        chunks: set[int] = set()
+        disk: VhdxDisk | None = self
+        while disk is not None:
+            geom = disk.geometry
+            for index, entry in disk.iter_bat():
+                if not geom.is_bitmap_index(index) and bat_state(entry) in (
+                    PAYLOAD_BLOCK_FULLY_PRESENT,
+                    PAYLOAD_BLOCK_PARTIALLY_PRESENT,
+                ):
+                    chunks.add(geom.block_of_index(index) * geom.block_size // span)
+            disk = disk.parent
+        return chunks
+
     def check_block_location(self, index: int, offset: int, length: int) -> None:
         """A block referenced by BAT entry ``index`` must lie in the file, outside metadata."""
         where = self.bat_region.file_offset + index * BAT_ENTRY_SIZE
@@ -1146,11 +1164,14 @@ class VhdxDisk:
 
         # 2. What the new BAT entries hold: fixed disks get their blocks now; a differencing
         # disk whose parent is larger than it must not show the parent through the new space.
+        parent_chunks = self.parent.chunks_with_data() if self.parent is not None else set()
+
         def new_entry(index: int) -> int:
             if new.is_bitmap_index(index):
-                # New chunks of a child get their bitmap block now, as create_differencing
-                # gives them (libvhdi needs it; see create._preallocate_sector_bitmaps).
-                if not new.has_parent:
+                # New chunks of a child over parent data get their bitmap block now, as
+                # create_differencing gives them (libvhdi needs it; see
+                # create._preallocate_sector_bitmaps).
+                if not new.has_parent or (index // (new.chunk_ratio + 1)) not in parent_chunks:
                     return 0
                 return bat_entry(SB_BLOCK_PRESENT, self._allocate(SECTOR_BITMAP_BLOCK_SIZE))
             block = new.block_of_index(index)

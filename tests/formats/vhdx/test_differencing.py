@@ -232,7 +232,29 @@ def test_fresh_child_reads_its_parent_in_libvhdi_and_stays_small(tmp_path: Path)
     check(child)
     assert os.stat(child).st_blocks * 512 < 256 * 1024
     top = _pyvhdi_chain([base, child])
+    assert top.read_buffer_at_offset(MiB, 6 << 30) == bytes(MiB)  # type: ignore[attr-defined]
     for n, at in enumerate(spots):
         assert top.read_buffer_at_offset(MiB, at) == pattern(n, MiB)  # type: ignore[attr-defined]
     with open_disk(child) as disk:
         assert all(disk.read_at(at, MiB) == pattern(n, MiB) for n, at in enumerate(spots))
+
+
+def test_child_of_a_huge_sparse_parent_stays_small(tmp_path: Path) -> None:
+    """Bitmap blocks go only to chunks over parent data: a child of a 1 TiB template whose data
+    sits at both ends costs as little as one of a small disk (sandbox copies stay cheap)."""
+    size = 1 << 40
+    base, child = tmp_path / "base.vhdx", tmp_path / "child.vhdx"
+    create(base, size)
+    with open_disk(base, writable=True) as disk:
+        disk.write_at(0, pattern(1, MiB))
+        disk.write_at(size - MiB, pattern(2, MiB))
+    create_differencing(child, base)
+    assert os.stat(child).st_blocks * 512 <= 64 * 1024
+    with open_disk(child, writable=True) as disk:
+        assert disk.chunks_with_data() == {0, 255}
+        disk.resize(size + (8 << 30))  # two new chunks, nothing of the parent under them
+        assert disk.read_at(size, MiB) == bytes(MiB)
+    check(child)
+    top = _pyvhdi_chain([base, child])
+    assert top.read_buffer_at_offset(MiB, 0) == pattern(1, MiB)  # type: ignore[attr-defined]
+    assert top.read_buffer_at_offset(MiB, size - MiB) == pattern(2, MiB)  # type: ignore[attr-defined]
