@@ -4,7 +4,8 @@
     cimsnap cim stat IMAGE.cim [PATH] [--json]         attributes, times, size, SD, EAs,
                                                        reparse buffer, alternate streams
     cimsnap cim cat IMAGE.cim PATH[:STREAM]            file (or alternate stream) data to stdout
-    cimsnap cim usage IMAGE.cim [--json]               bytes of the image's files (GetCimUsage)
+    cimsnap cim usage IMAGE.cim [PATH] [--json]        bytes of the image's files (GetCimUsage),
+                                                       or logical bytes under PATH
     cimsnap cim create IMAGE.cim SRCDIR [--parent P.cim] [--deterministic] [--force]
     cimsnap cim extract IMAGE.cim DESTDIR [--no-xattrs]
     cimsnap cim mount IMAGE.cim MOUNTPOINT [--foreground]   read-only FUSE; `fusermount -u` ends it
@@ -92,7 +93,9 @@ def register(subparsers: Any) -> None:
 
     usage = sub.add_parser("usage", help="disk usage of the image's own files (GetCimUsage)")
     usage.add_argument("image", type=Path)
-    usage.add_argument("path", nargs="?", help=argparse.SUPPRESS)
+    usage.add_argument(
+        "path", nargs="?", help="instead: logical bytes of the files under this directory"
+    )
     usage.add_argument("--json", action="store_true")
     usage.set_defaults(func=cmd_usage)
 
@@ -275,6 +278,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
+    if args.path is not None:
+        return _subtree_usage(args)
     with CimImage.open(args.image) as image:
         usage = image.usage()
     data = {
@@ -293,6 +298,31 @@ def cmd_usage(args: argparse.Namespace) -> int:
             f"{usage.total} bytes ({human_size(usage.total)}) in "
             f"{len(usage.region_files)} region and {len(usage.objectid_files)} objectid files; "
             f"{human_size(usage.allocated_bytes)} allocated; .cim {usage.image_file_bytes} bytes"
+        )
+    return 0
+
+
+def _subtree_usage(args: argparse.Namespace) -> int:
+    """Files, directories and logical bytes (data + alternate streams, hard links once)."""
+    seen: set[int] = set()
+    files = directories = data = 0
+    with CimImage.open(args.image) as image:
+        if not image.is_dir(args.path):
+            seen.add(image.lookup(args.path))
+        else:
+            for _, dirs, entries in image.walk(args.path):
+                directories += len(dirs)
+                seen.update(entry.file_id for entry in entries)
+        for file_id in seen:
+            st = image.stat(file_id)
+            files += 1
+            data += st.size + sum(stream.size for stream in st.streams)
+    if args.json:
+        print_json({"path": args.path, "files": files, "directories": directories, "bytes": data})
+    else:
+        print(
+            f"{args.path}: {files} files, {directories} directories, {data} bytes "
+            f"({human_size(data)})"
         )
     return 0
 

@@ -41,6 +41,7 @@ from cimsnap.errors import AlreadyExistsError, FailedPreconditionError, NotFound
 from cimsnap.formats.cim.errors import CimFormatError
 from cimsnap.formats.cim.format import (
     COUNTED_LENGTH,
+    DIGEST_LENGTH,
     FILE_ATTRIBUTE_SPARSE_FILE,
     FILE_ID,
     FILE_TABLE_DIRECTORY_ENTRY,
@@ -92,7 +93,7 @@ REGION_HEADER_INDEX = 0
 # ParentFileId of the root directory (version >= 2; Windows' value is not public).
 ROOT_PARENT_FILE_ID = 0
 COPY_CHUNK = 1 << 20
-PARALLEL_HASH_MIN = 256 << 10  # chunks this big are hashed in a helper thread
+PARALLEL_HASH_MIN = 16 << 10  # chunks this big are hashed in the helper thread
 _ZEROS = bytes(COPY_CHUNK)
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _DETERMINISTIC_NAMESPACE = uuid.UUID("5f1e0c1a-7d0b-4c52-9c55-63696d736e61")
@@ -151,7 +152,7 @@ class _Region:
             self.fd = -1
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Node:
     """A file or directory of the image being written."""
 
@@ -163,6 +164,18 @@ class _Node:
     children: dict[bytes, tuple[str, int]] | None = None  # None: parent's, not loaded yet
     children_dirty: bool = False
     streams: dict[bytes, tuple[str, Stream]] | None = None  # None: unchanged from the parent
+
+
+@dataclass(eq=False, slots=True)
+class _PendingObject:
+    """A data-region object read into a buffer, hashed in the helper thread, not yet stored."""
+
+    buffer: bytearray
+    length: int
+    hasher: hashlib._Hash
+    future: Future[None] | None
+    provisional: Stream  # the placeholder the file got; replaced once the object is stored
+    target: tuple[_Node, bytes | None] | None = None  # (file, stream key or None: default)
 
 
 class CimWriter:
@@ -196,7 +209,10 @@ class CimWriter:
         self._dirty_tables: set[int] = set()
         self._tmp_tag = f".{image_path.name}.{secrets.token_hex(6)}"
         self._temp_files: list[Path] = []
-        self._buffers = (bytearray(COPY_CHUNK), bytearray(COPY_CHUNK))  # reused: allocating costs
+        # Two reusable copy buffers (allocating 1 MiB per file costs); the buffered object
+        # waiting for its hash holds one of them.
+        self._free_buffers = [bytearray(COPY_CHUNK), bytearray(COPY_CHUNK)]
+        self._pending: _PendingObject | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._guid = uuid.uuid4()
         if parent is not None:
@@ -357,6 +373,7 @@ class CimWriter:
             streams={},
         )
         self._nodes[file_id] = node
+        self._claim_pending(stream, node, None)
         self._link(parent, key, name, file_id)
         return file_id
 
@@ -373,6 +390,7 @@ class CimWriter:
         key = self.collation.key(name)
         old = streams.get(key)
         streams[key] = (old[0] if old else name, stream)
+        self._claim_pending(stream, node, key)
         self._touch(node)
 
     def add_link(self, new: str, existing: str) -> None:
@@ -424,6 +442,7 @@ class CimWriter:
         """Write the metadata, object-ID files and the ``.cim``; returns the image path."""
         self._check_open()
         try:
+            self._finish_pending()
             upcase = self._put(RegionType.METADATA, self.collation.to_bytes())
             self._write_directories()
             self._write_stream_tables()
@@ -679,47 +698,135 @@ class CimWriter:
     def _write_large(
         self, data: BinaryIO, size: int | None, head: bytes, sparse_ok: bool, shown: str
     ) -> Stream:
+        """A data-region stream.  One that fits in a buffer is read completely and hashed in
+        the helper thread while the caller goes on with the next file; its dedup decision and
+        write happen when the next data-region stream (or the commit) comes (see
+        :meth:`_finish_pending`).  Longer streams are written while they are hashed and
+        truncated away again if the object turns out to be stored already."""
+        buffer = self._free_buffers.pop()
+        try:
+            buffer[: len(head)] = head
+            limit = COPY_CHUNK if size is None else min(size, COPY_CHUNK)
+            got = len(head) + _readinto(data, memoryview(buffer)[len(head) : limit])
+            if size is not None and got < limit:
+                raise UsageError(
+                    f"data ended after {got} of {size} bytes", path=self.image_path, inner=shown
+                )
+            complete = got == size if size is not None else got < COPY_CHUNK
+            if complete and sparse_ok and buffer[:got] == _ZEROS[:got]:
+                self._free_buffers.append(buffer)
+                return Stream(0, got, StreamType.DATA, sparse=True)
+        except BaseException:
+            self._free_buffers.append(buffer)
+            raise
+        self._finish_pending()  # the previous object goes first: regions grow in call order
+        if not complete:
+            return self._write_streamed(data, size, buffer, got, sparse_ok, shown)
+        hasher = hashlib.sha512()
+        future = None
+        if got >= PARALLEL_HASH_MIN:
+            future = self._hash_pool().submit(hasher.update, memoryview(buffer)[:got])
+        else:
+            hasher.update(memoryview(buffer)[:got])
+        provisional = Stream(0, got)
+        self._pending = _PendingObject(buffer, got, hasher, future, provisional)
+        return provisional
+
+    def _finish_pending(self) -> None:
+        """Store the buffered object (unless it is stored already) and point its file at it."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        try:
+            if pending.future is not None:
+                pending.future.result()
+            digest = pending.hasher.digest()[:DIGEST_LENGTH]
+            key = (int(RegionType.DATA), pending.length, digest)
+            found = self._dedup.get(key)
+            if found is None or not self._usable(found, pending.length, digest):
+                region = self._regions[OWN_REGION_TYPES.index(RegionType.DATA)]
+                start = region.next_offset()
+                try:
+                    write_nonzero(region.fd, pending.buffer, pending.length, start)
+                except BaseException:
+                    os.ftruncate(region.fd, region.end)
+                    raise
+                region.end = start + pending.length
+                region.objects.append(ObjectId(pending.length, digest, start))
+                found = region_offset(region.global_index, start)
+                self._dedup[key] = found
+        finally:
+            self._free_buffers.append(pending.buffer)
+        stream = Stream(found, pending.length)
+        if pending.target is not None:
+            node, stream_key = pending.target
+            if stream_key is None:
+                if node.entry.default_stream is pending.provisional:
+                    node.entry = node.entry._replace(default_stream=stream)
+            elif node.streams is not None:
+                current = node.streams.get(stream_key)
+                if current is not None and current[1] is pending.provisional:
+                    node.streams[stream_key] = (current[0], stream)
+
+    def _claim_pending(self, stream: Stream, node: _Node, stream_key: bytes | None) -> None:
+        """Tell the buffered object (if ``stream`` is its placeholder) whose stream it is."""
+        if self._pending is not None and self._pending.provisional is stream:
+            self._pending.target = (node, stream_key)
+
+    def _write_streamed(
+        self,
+        data: BinaryIO,
+        size: int | None,
+        first: bytearray,
+        first_length: int,
+        sparse_ok: bool,
+        shown: str,
+    ) -> Stream:
+        """A stream longer than a buffer: written chunk by chunk while it is hashed."""
         region = self._regions[OWN_REGION_TYPES.index(RegionType.DATA)]
         start = region.next_offset()
-        hasher = hashlib.sha512(head)
-        all_zero = not write_nonzero(region.fd, head, len(head), start)
-        position = start + len(head)
-        remaining = None if size is None else size - len(head)
-        # Two buffers: SHA-512 of one (in a helper thread; hashlib releases the GIL) overlaps
-        # with writing it and reading the next into the other.
-        buffers = self._buffers
+        hasher = hashlib.sha512()
+        position = start
+        remaining = None if size is None else size
+        # Two buffers: SHA-512 of one (in the helper thread; hashlib releases the GIL)
+        # overlaps with writing it and reading the next into the other.
+        second = self._free_buffers.pop()
+        buffers = (first, second)
         pending: Future[None] | None = None
         turn = 0
+        got = first_length
+        all_zero = True
         try:
-            while remaining is None or remaining > 0:
+            while True:
                 buffer = buffers[turn]
                 turn ^= 1
-                view = memoryview(buffer)
-                # Keep reads aligned to COPY_CHUNK in the region so zero pages stay pages.
-                want = COPY_CHUNK - (position - start) % COPY_CHUNK
-                if remaining is not None:
-                    want = min(want, remaining)
-                got = _readinto(data, view[:want])
                 if pending is not None:
-                    pending.result()  # hashes stay in order; the other buffer is free again
+                    pending.result()  # hashes stay in order
                     pending = None
                 if got == 0:
-                    if remaining is not None:
+                    if remaining:
                         raise UsageError(
                             f"data ended after {position - start} of {size} bytes",
                             path=self.image_path,
                             inner=shown,
                         )
                     break
+                view = memoryview(buffer)[:got]
                 if got >= PARALLEL_HASH_MIN:
-                    pending = self._hash_pool().submit(hasher.update, view[:got])
+                    pending = self._hash_pool().submit(hasher.update, view)
                 else:
-                    hasher.update(view[:got])
+                    hasher.update(view)
                 if write_nonzero(region.fd, buffer, got, position):
                     all_zero = False
                 position += got
                 if remaining is not None:
                     remaining -= got
+                    if remaining == 0:
+                        break
+                # Read the next chunk into the other buffer while this one is hashed.
+                want = COPY_CHUNK if remaining is None else min(COPY_CHUNK, remaining)
+                got = _readinto(data, memoryview(buffers[turn])[:want])
             if pending is not None:
                 pending.result()
                 pending = None
@@ -728,13 +835,15 @@ class CimWriter:
                 raise UsageError("stream longer than 2^48 bytes", path=self.image_path, inner=shown)
         except BaseException:
             if pending is not None:
-                pending.exception()  # let the hash thread let go of the buffer
+                pending.exception()  # the hash thread lets go of the buffer
             os.ftruncate(region.fd, region.end)
             raise
+        finally:
+            self._free_buffers.extend(buffers)
         if sparse_ok and all_zero:
             os.ftruncate(region.fd, region.end)
             return Stream(0, length, StreamType.DATA, sparse=True)
-        digest = digest_from_hash(length, hasher.digest(), head)
+        digest = hasher.digest()[:DIGEST_LENGTH]
         key = (int(RegionType.DATA), length, digest)
         found = self._dedup.get(key)
         if found is not None and self._usable(found, length, digest):
@@ -898,7 +1007,8 @@ class CimWriter:
             remove_region_set_if_unused(self.directory, old_header.regions)
 
     def _cleanup(self) -> None:
-        self._stop_pool()
+        self._pending = None
+        self._stop_pool()  # waits for a hash still running on a buffer
         for region in self._regions:
             region.close()
         for leftover in self._temp_files:

@@ -76,6 +76,8 @@ def test_ls_stat_cat_usage(pinball: Path) -> None:
     totals = json.loads(cli("cim", "usage", pinball, "--json").stdout)
     assert totals["total_bytes"] == usage.total
     assert len(totals["region_files"]) == 3
+    subtree = json.loads(cli("cim", "usage", pinball, PACKAGE, "--json").stdout)
+    assert subtree == {"path": PACKAGE, "files": 74, "directories": 1, "bytes": 2593354}
 
 
 def test_check_reads_everything(pinball: Path) -> None:
