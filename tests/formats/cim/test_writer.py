@@ -10,6 +10,7 @@ import pytest
 
 from cimsnap.errors import FailedPreconditionError, NotFoundError, UsageError
 from cimsnap.formats.cim import CimImage, CimWriter, FileMetadata
+from cimsnap.formats.cim.check import check_object_ids
 from cimsnap.formats.cim.format import RegionType, split_region_offset
 from cimsnap.formats.cim.objectid import read_objectid_file
 from cimsnap.formats.cim.writer import SMALL_DATA_LIMIT
@@ -190,4 +191,42 @@ def test_failed_commit_removes_what_it_wrote(
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError):
         writer.commit()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_buffered_objects_land_where_they_belong(tmp_path: Path) -> None:
+    """Data objects are stored one call late (hashing overlaps the next file): replacing or
+    re-linking a file before that must still give every name its own final content."""
+    first = b"1" * 5000
+    second = b"2" * 6000
+    with CimWriter.create(tmp_path / "t.cim") as writer:
+        writer.add("a", FileMetadata(), io.BytesIO(first))  # buffered
+        writer.add("a", FileMetadata(), io.BytesIO(b"small now"))  # replaced before stored
+        writer.add("b", FileMetadata(), io.BytesIO(second))  # buffered
+        writer.add_link("b2", "b")
+        writer.add_stream("b", "s", io.BytesIO(first))  # stores b, buffers the stream
+        writer.add_stream("b", "S", io.BytesIO(b"tiny"))  # replaces it before it is stored
+        writer.add_stream("b", "t", io.BytesIO(second))  # same bytes as b: deduplicated
+        writer.add("c", FileMetadata(), io.BytesIO(first))  # same bytes as the dropped stream
+        writer.delete("c")
+        writer.add("d", FileMetadata(), io.BytesIO(os.urandom(3 << 20)))  # streamed path
+    with CimImage.open(tmp_path / "t.cim") as image:
+        assert image.read("a") == b"small now"
+        assert image.read("b") == image.read("b2") == second
+        assert image.read("b:s") == b"tiny"
+        assert image.read("b:t") == second
+        assert (
+            image.entry("b").default_stream.data_offset
+            == next(
+                s for n, s in image._stream_table(image.entry("b"), "b") if n == "t"
+            ).data_offset
+        )
+        assert image.stat("d").size == 3 << 20
+        assert check_object_ids(image) == []
+
+
+def test_abort_with_a_buffered_object(tmp_path: Path) -> None:
+    writer = CimWriter.create(tmp_path / "t.cim")
+    writer.add("a", FileMetadata(), io.BytesIO(b"x" * 500_000))
+    writer.abort()
     assert list(tmp_path.iterdir()) == []
