@@ -370,8 +370,3 @@ class _Prefetch:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def open_layer(path_or_stream: BinaryIO, name: str | None = None) -> LayerBlob:
-    """A tar from a file that may be compressed (gzip or zstd recognised by magic)."""
-    return LayerBlob(path_or_stream, name=name)

@@ -61,7 +61,7 @@ from cimsnap.formats.wintar import (
     decode_reparse_point,
 )
 from cimsnap.layers import hostfiles, layout
-from cimsnap.layers.cimlayer import Clock, ImportResult, filetime_now
+from cimsnap.layers.cimlayer import ImportResult
 from cimsnap.layers.errors import LayerError
 from cimsnap.layers.export import ExportResult
 from cimsnap.layers.hives import link_base_hives, uvm_build_number
@@ -135,12 +135,10 @@ class LegacyLayerWriter:
         layer_dir: str | Path,
         parents: list[Path] | tuple[Path, ...] = (),
         *,
-        clock: Clock = filetime_now,
         source_name: str | None = None,
     ) -> None:
         self.layer_dir = Path(layer_dir).absolute()
         self.parents = [Path(p).absolute() for p in parents]
-        self.clock = clock
         self.source_name = source_name
         self.size = 0
         self.entries = 0
@@ -378,10 +376,9 @@ def import_legacy_layer(
     *,
     name: str | None = None,
     progress: Callable[[int], None] | None = None,
-    clock: Clock = filetime_now,
 ) -> ImportResult:
     """Expand the layer tar read from ``stream`` into a legacy layer directory."""
-    writer = LegacyLayerWriter(layer_dir, parents, clock=clock, source_name=name)
+    writer = LegacyLayerWriter(layer_dir, parents, source_name=name)
     try:
         reader = WinTarReader(stream, name=name)
         for entry in reader:

@@ -18,7 +18,7 @@ from cimsnap.layers import layout
 from cimsnap.layers.cimlayer import import_cim_layer
 from tests.conftest import require_tool
 from tests.formats.regf.readers import hivex_tree, python_registry_tree
-from tests.images.builder import base_layer
+from tests.images.builder import LayerSpec, base_layer
 from tests.images.model import assert_cim_matches, expected_trees, fold
 from tests.layers.conftest import FIXED_NOW, ImportedImage
 
@@ -207,3 +207,17 @@ def test_old_utility_vm_is_not_set_up_for_cim_boot(tmp_path: Path) -> None:
     assert not list((layer_dir / "UtilityVM").glob("*.vhdx"))
     original = next(op.data for op in spec.ops if op.path == layout.BCD_FILE)
     assert layout.host_path(layer_dir, layout.BCD_FILE).read_bytes() == original
+
+
+def test_non_base_layer_with_its_own_utility_vm(tmp_path: Path) -> None:
+    """hcsshim processes a non-base layer's UtilityVM too (after merging its hives)."""
+    base = base_layer(uvm=False)
+    full = base_layer()
+    update = LayerSpec(ops=[op for op in full.ops if op.path.startswith("UtilityVM")])
+    snapshots = tmp_path / "snapshots"
+    import_cim_layer(io.BytesIO(base.tar()), snapshots / "1")
+    result = import_cim_layer(io.BytesIO(update.tar()), snapshots / "2", [snapshots / "1"])
+    assert result.uvm is not None and result.uvm.cim_root == "\\cim-layers\\2.cim"
+    assert (snapshots / "2" / "UtilityVM" / "SystemTemplate.vhdx").is_file()
+    assert not (snapshots / "1" / "UtilityVM").exists()
+    assert not (snapshots / "2" / "layout").exists()

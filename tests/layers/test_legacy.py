@@ -19,7 +19,7 @@ from cimsnap.layers import layout
 from cimsnap.layers.legacy import export_legacy_layer, import_legacy_layer
 from tests.images.builder import LayerSpec, base_layer
 from tests.images.model import assert_same_cims, fold
-from tests.layers.conftest import FIXED_NOW, ImportedImage, import_chain
+from tests.layers.conftest import ImportedImage, import_chain
 from tests.layers.test_unsafe import raw_tar
 
 GENERATED = {fold(h.base_path) for h in layout.HIVE_TABLE} | {
@@ -37,9 +37,7 @@ def legacy(image_tars: list[bytes]) -> Iterator[list[Path]]:
         dirs: list[Path] = []
         for i, tar in enumerate(image_tars):
             layer_dir = root / f"L{i + 1}"
-            import_legacy_layer(
-                io.BytesIO(tar), layer_dir, list(reversed(dirs)), clock=lambda: FIXED_NOW
-            )
+            import_legacy_layer(io.BytesIO(tar), layer_dir, list(reversed(dirs)))
             dirs.append(layer_dir)
         yield dirs
     finally:
