@@ -196,21 +196,26 @@ class _Importer:
                 self.stats.hard_links += 1
                 return
             self.inodes[(st.st_dev, st.st_ino)] = image
-        meta = self._metadata(host, st, is_dir=False)
         if stat.S_ISLNK(st.st_mode):
-            self.writer.add(image, meta)
-        elif meta.attributes & FILE_ATTRIBUTE_SPARSE_FILE and _all_hole(host, st.st_size):
-            self.writer.add(image, meta, size=st.st_size)  # nothing stored: a sparse stream
+            self.writer.add(image, self._metadata(host, st, is_dir=False))
         else:
+            # One descriptor for everything: xattrs, holes, data (opening costs per file).
             with os.fdopen(_open_noatime(host, os.O_RDONLY), "rb") as data:
-                self.writer.add(image, meta, data, size=st.st_size)
+                fd = data.fileno()
+                meta = self._metadata(host, st, is_dir=False, fd=fd)
+                if meta.attributes & FILE_ATTRIBUTE_SPARSE_FILE and _all_hole(fd, st.st_size):
+                    self.writer.add(image, meta, size=st.st_size)  # a sparse stream, no data
+                else:
+                    self.writer.add(image, meta, data, size=st.st_size)
         self.stats.files += 1
         self.stats.bytes += st.st_size
         if self.progress is not None:
             self.progress(self.stats)
 
-    def _metadata(self, host: Path, st: os.stat_result, *, is_dir: bool) -> FileMetadata:
-        xattrs = _read_xattrs(host) if not stat.S_ISLNK(st.st_mode) else {}
+    def _metadata(
+        self, host: Path, st: os.stat_result, *, is_dir: bool, fd: int | None = None
+    ) -> FileMetadata:
+        xattrs = _read_xattrs(host if fd is None else fd) if not stat.S_ISLNK(st.st_mode) else {}
         reparse = xattrs.get(XATTR_REPARSE)
         if stat.S_ISLNK(st.st_mode):
             target = os.readlink(host)
@@ -223,7 +228,7 @@ class _Importer:
             attributes = FILE_ATTRIBUTE_DIRECTORY if is_dir else FILE_ATTRIBUTE_ARCHIVE
             if not st.st_mode & stat.S_IWUSR and not stat.S_ISLNK(st.st_mode):
                 attributes |= FILE_ATTRIBUTE_READONLY
-            if not is_dir and stat.S_ISREG(st.st_mode) and _has_holes(host, st.st_size):
+            if fd is not None and _has_holes(fd, st.st_size):
                 attributes |= FILE_ATTRIBUTE_SPARSE_FILE
         if is_dir:
             attributes |= FILE_ATTRIBUTE_DIRECTORY
@@ -258,7 +263,7 @@ def _open_noatime(path: Path, flags: int) -> int:
         return os.open(path, flags | os.O_CLOEXEC)
 
 
-def _read_xattrs(path: Path) -> dict[str, bytes]:
+def _read_xattrs(path: Path | int) -> dict[str, bytes]:
     try:
         names = os.listxattr(path)
     except OSError as err:
@@ -277,28 +282,26 @@ def _parse_int(raw: bytes, path: Path, name: str) -> int:
         ) from None
 
 
-def _has_holes(path: Path, size: int) -> bool:
+def _has_holes(fd: int, size: int) -> bool:
     if size == 0:
         return False
-    fd = os.open(path, os.O_RDONLY)
     try:
         return os.lseek(fd, 0, os.SEEK_HOLE) < size
     except OSError:
         return False
     finally:
-        os.close(fd)
+        os.lseek(fd, 0, os.SEEK_SET)
 
 
-def _all_hole(path: Path, size: int) -> bool:
+def _all_hole(fd: int, size: int) -> bool:
     if size == 0:
         return False
-    fd = os.open(path, os.O_RDONLY)
     try:
         os.lseek(fd, 0, os.SEEK_DATA)
     except OSError as err:
         return err.errno == errno.ENXIO  # no data anywhere
     finally:
-        os.close(fd)
+        os.lseek(fd, 0, os.SEEK_SET)
     return False
 
 

@@ -207,6 +207,7 @@ class CimWriter:
         self._nodes: dict[int, _Node] = {}
         self._free_ids: list[int] = []
         self._dirty_tables: set[int] = set()
+        self._directories: dict[str, _Node] = {}  # resolved parent paths, until an unlink
         self._tmp_tag = f".{image_path.name}.{secrets.token_hex(6)}"
         self._temp_files: list[Path] = []
         # Two reusable copy buffers (allocating 1 MiB per file costs); the buffered object
@@ -518,9 +519,15 @@ class CimWriter:
         return node
 
     def _resolve_directory(self, parts: list[str], shown: str) -> _Node:
-        node = self._resolve("\\".join(parts))
-        if not node.is_dir:
-            raise NotFoundError("parent is not a directory", path=self.image_path, inner=shown)
+        joined = "\\".join(parts)
+        node = self._directories.get(joined)  # files arrive directory by directory
+        if node is None:
+            node = self._resolve(joined)
+            if not node.is_dir:
+                raise NotFoundError("parent is not a directory", path=self.image_path, inner=shown)
+            if len(self._directories) > 1024:
+                self._directories.clear()
+            self._directories[joined] = node
         return node
 
     def _touch(self, node: _Node) -> None:
@@ -532,6 +539,7 @@ class CimWriter:
         self._touch(parent)
 
     def _unlink(self, parent: _Node, key: bytes) -> None:
+        self._directories.clear()  # a path may lead elsewhere (or nowhere) now
         _, file_id = self._children(parent).pop(key)
         parent.children_dirty = True
         self._touch(parent)
