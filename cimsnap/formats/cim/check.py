@@ -47,7 +47,7 @@ def referenced_objects(image: CimImage) -> Iterator[tuple[int, int, str]]:
     yield ftd, ftd_length * FILE_TABLE_DIRECTORY_ENTRY.size, "file table directory"
     for table, (offset, count, entry_size) in enumerate(image._tables):
         yield offset, count * entry_size, f"file table {table}"
-    for file_id in range(1, image.file_count + 1):
+    for file_id in image.file_ids():
         entry = image.entry(file_id)
         what = f"FileID {file_id}"
         if entry.sd_offset:

@@ -323,10 +323,11 @@ class CimImage:
                 raise CimFormatError(
                     f"file table {i} entry size {entry_size} is too small", path=path
                 )
-            if count < FILES_PER_TABLE and i != ftd_length - 1:
-                raise CimFormatError(f"file table {i} is not full but is not the last", path=path)
             self._tables.append((table_offset, count, entry_size))
-        self.file_count = sum(count for _, count, _ in self._tables)
+        # The highest FileID with a slot (tables other than the last are normally full; a
+        # shorter one just leaves FileIDs without slots).
+        last = self._tables[-1][1] if self._tables else 0
+        self.file_count = FILES_PER_TABLE * (len(self._tables) - 1) + last if self._tables else 0
         self.root_id = root_id
         if not self._entry(root_id).is_directory:
             raise CimFormatError(f"root FileID {root_id} is not a directory", path=path)
@@ -432,6 +433,11 @@ class CimImage:
             file_id = directory.file_ids[position]
             walked = join_path(walked, directory.names[position])
         return file_id
+
+    def file_ids(self) -> Iterator[int]:
+        """Every FileID that has a slot in the file tables (reachable or not)."""
+        for index, (_, count, _) in enumerate(self._tables):
+            yield from range(index * FILES_PER_TABLE + 1, index * FILES_PER_TABLE + count + 1)
 
     def exists(self, path: str) -> bool:
         try:
@@ -635,6 +641,11 @@ class CimImage:
             )
         table_index, slot = divmod(file_id - 1, FILES_PER_TABLE)
         table_offset, count, entry_size = self._tables[table_index]
+        if slot >= count:
+            raise CimFormatError(
+                f"FileID {file_id} has no slot (file table {table_index} holds {count})",
+                path=self.path,
+            )
         table = self._table_cache.get(table_index)
         if table is None:
             table = self._pread(table_offset, 0, count * entry_size, f"file table {table_index}")

@@ -939,14 +939,19 @@ class CimWriter:
                 node = self._nodes.get(file_id)
                 if node is not None:
                     raw += node.entry.pack(self._entry_size)
-                elif file_id <= self._parent_file_count:  # inherited, untouched
-                    assert self._parent is not None
+                elif file_id <= self._parent_file_count and self._parent_has_slot(file_id):
+                    assert self._parent is not None  # inherited, untouched
                     raw += self._parent.entry(file_id).pack(self._entry_size)
                 else:
                     raw += bytes(self._entry_size)  # a free slot, referenced by no directory
             offset = self._put(RegionType.METADATA, bytes(raw))
             ftd.append(FILE_TABLE_DIRECTORY_ENTRY.pack(offset, count, self._entry_size, 0))
         return ftd
+
+    def _parent_has_slot(self, file_id: int) -> bool:
+        assert self._parent is not None
+        table, slot = divmod(file_id - 1, FILES_PER_TABLE)
+        return slot < self._parent._tables[table][1]
 
     def _region_set_guid(self, fs_offset: int) -> uuid.UUID:
         if not self.deterministic:
