@@ -8,14 +8,19 @@ Prints the containerd ``proxy_plugins`` configuration for the chosen socket on s
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import logging
 import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from cimsnap.cli.common import size_arg
+
+log = logging.getLogger("cimsnap.service.server")
+
+# Seconds into a shutdown after which the stacks of all threads are written to stderr.
+SHUTDOWN_DIAGNOSE_AFTER = 8.0
 
 
 def register(subparsers: Any) -> None:
@@ -83,12 +88,11 @@ def run(args: argparse.Namespace) -> int:
     root = (args.root or default_root()).absolute()
     address = (args.address or default_address()).absolute()
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # Block SIGTERM/SIGINT before any thread starts (gRPC's pool inherits the mask) and take them
+    # with sigwait in this thread: no Python-level handler runs at an arbitrary point, so none
+    # can deadlock on a lock the interrupted code holds.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
         snapshotter = CimFSSnapshotter(
             root,
@@ -105,11 +109,15 @@ def run(args: argparse.Namespace) -> int:
         try:
             sys.stdout.write(proxy_plugin_snippet(address, args.name))
             sys.stdout.flush()
-            while not stop.wait(3600):
-                pass
+            signum = signal.sigwait(stop_signals)
+            log.info("stopping", extra={"signal": signal.Signals(signum).name})
         finally:
-            server.stop()
+            # A shutdown that hangs prints every thread's stack before the supervisor's kill.
+            faulthandler.dump_traceback_later(SHUTDOWN_DIAGNOSE_AFTER, exit=False)
+            try:
+                server.stop()
+            finally:
+                faulthandler.cancel_dump_traceback_later()
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
     return 0
