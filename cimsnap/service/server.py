@@ -55,14 +55,35 @@ def default_address() -> Path:
     return SYSTEM_ADDRESS if os.geteuid() == 0 else user_data_dir() / SOCKET_NAME
 
 
+# The platform containerd 2.x registers the proxy snapshotter and differ for, and the plugin
+# types for which it takes one.
+PLATFORM = "windows/amd64"
+PLATFORM_PLUGIN_TYPES = ("snapshot", "diff")
+
+
 def proxy_plugin_snippet(address: str | os.PathLike[str], name: str = PLUGIN_NAME) -> str:
     """containerd configuration that makes ``name`` a proxy snapshotter at ``address``."""
     address = str(address)
-    extra = "".join(
-        f'\n  [proxy_plugins.{name}-{p.name}]\n    type = "{p.type}"\n    address = "{address}"\n'
-        for p in plugins.discover()
-        if p.type is not None
-    )
+    extra = ""
+    unpack = ""
+    for p in plugins.discover():
+        if p.type is None:
+            continue
+        extra += (
+            f"\n  [proxy_plugins.{name}-{p.name}]\n"
+            f'    type = "{p.type}"\n    address = "{address}"\n'
+        )
+        if p.type in PLATFORM_PLUGIN_TYPES:
+            extra += f'    platform = "{PLATFORM}"\n'
+        if p.type == "diff":
+            # containerd 2.x unpacks pulled images with the snapshotter/differ pair named here.
+            unpack = (
+                '\n[plugins."io.containerd.transfer.v1.local"]\n'
+                '  [[plugins."io.containerd.transfer.v1.local".unpack_config]]\n'
+                f'    platform = "{PLATFORM}"\n'
+                f'    snapshotter = "{name}"\n'
+                f'    differ = "{name}-{p.name}"\n'
+            )
     return (
         "# containerd 1.6 / 1.7 (/etc/containerd/config.toml, config version 2):\n"
         "version = 2\n"
@@ -77,8 +98,9 @@ def proxy_plugin_snippet(address: str | os.PathLike[str], name: str = PLUGIN_NAM
         f"  [proxy_plugins.{name}]\n"
         '    type = "snapshot"\n'
         f'    address = "{address}"\n'
-        '    platform = "windows/amd64"\n'
+        f'    platform = "{PLATFORM}"\n'
         f"{extra}"
+        f"{unpack}"
         "\n"
         f"# use it with: ctr snapshots --snapshotter {name} ...\n"
     )

@@ -93,6 +93,17 @@ def test_prints_config_and_stops_cleanly(
         plugin = config["proxy_plugins"]["cimsnap"]
         assert plugin["type"] == "snapshot" and plugin["address"] == str(address)
     assert v3["proxy_plugins"]["cimsnap"]["platform"] == "windows/amd64"
+    assert v3["proxy_plugins"]["cimsnap-diff"] == {
+        "type": "diff",
+        "address": str(address),
+        "platform": "windows/amd64",
+    }
+    (unpack,) = v3["plugins"]["io.containerd.transfer.v1.local"]["unpack_config"]
+    assert unpack == {
+        "platform": "windows/amd64",
+        "snapshotter": "cimsnap",
+        "differ": "cimsnap-diff",
+    }
     assert not address.exists()  # the socket is removed on the way out
     lines = err.strip().splitlines()
     serving = [line for line in lines if line.split()[1:3] == ["level=info", "msg=serving"]]
