@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -65,6 +66,22 @@ def register(subparsers: Any) -> None:
         help="full: every acknowledged operation survives a power loss (fsync, default); "
         "fast: it survives a crash of this process, a power loss may undo the last ones",
     )
+    parser.add_argument(
+        "--content-dir",
+        type=Path,
+        action="append",
+        default=None,
+        help="containerd content store directory the differ reads layer blobs from (repeatable; "
+        "default /var/lib/containerd/io.containerd.content.v1.content if present; same as "
+        "CIMSNAP_CONTENT_DIR)",
+    )
+    parser.add_argument(
+        "--containerd-address",
+        default=None,
+        help="containerd socket whose content API the differ reads blobs through (default "
+        "/run/containerd/containerd.sock if present, '' for none; same as "
+        "CIMSNAP_CONTAINERD_ADDRESS)",
+    )
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=argparse.SUPPRESS)
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
@@ -76,6 +93,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from cimsnap.scratch.template import DEFAULT_TEMPLATE_SIZE
     from cimsnap.service import logs
+    from cimsnap.service.differ import ENV_CONTAINERD_ADDRESS, ENV_CONTENT_DIR
     from cimsnap.service.server import (
         SnapshotterServer,
         default_address,
@@ -85,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
     from cimsnap.snapshotter.snapshotter import CimFSSnapshotter
 
     logs.configure("debug" if args.debug else args.log_level, args.log_format)
+    # The differ plugin reads its content sources from the environment; the flags set it.
+    if args.content_dir is not None:
+        os.environ[ENV_CONTENT_DIR] = ":".join(str(d.absolute()) for d in args.content_dir)
+    if args.containerd_address is not None:
+        os.environ[ENV_CONTAINERD_ADDRESS] = args.containerd_address
     root = (args.root or default_root()).absolute()
     address = (args.address or default_address()).absolute()
 

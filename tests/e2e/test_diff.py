@@ -48,8 +48,10 @@ def store_blob(content_dir: Path, data: bytes, digest: str | None = None) -> str
     return digest
 
 
-def start_service(workdir: Path, env: dict[str, str]) -> CimsnapService:
-    service = CimsnapService(workdir)
+def start_service(
+    workdir: Path, env: dict[str, str], extra_args: tuple[str, ...] = ()
+) -> CimsnapService:
+    service = CimsnapService(workdir, extra_args=extra_args)
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
@@ -219,9 +221,16 @@ def test_content_from_containerd(
     containerd: Containerd, e2e_dir: Path, image_tars: list[bytes]
 ) -> None:
     """Blobs read through containerd's content API, in the request's namespace."""
+    # The serve flags, which override whatever the environment says.
     service = start_service(
         e2e_dir / "svc-diff-ctd",
-        {"CIMSNAP_CONTENT_DIR": "", "CIMSNAP_CONTAINERD_ADDRESS": str(containerd.address)},
+        {"CIMSNAP_CONTENT_DIR": str(e2e_dir / "nowhere"), "CIMSNAP_CONTAINERD_ADDRESS": ""},
+        (
+            "--content-dir",
+            str(e2e_dir / "empty-content"),
+            "--containerd-address",
+            str(containerd.address),
+        ),
     )
     try:
         blobs = []
