@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import enum
 import io
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cimsnap.formats.wintar.ea import ExtendedAttribute, encode_ea_buffer
 from cimsnap.formats.wintar.times import FileTimes
@@ -31,44 +31,53 @@ class WinMetadata:
     eas: tuple[ExtendedAttribute, ...] = ()
 
 
+class DataSource(Protocol):
+    """Where an entry's data comes from: the tar reader, positioned on that entry."""
+
+    generation: int  # changes when the reader moves to another entry
+
+    def read_data(self, size: int = -1) -> bytes: ...
+
+    def readinto_data(self, buffer: memoryview | bytearray) -> int: ...
+
+
 class EntryData(io.RawIOBase):
     """The data of one entry: a readable stream valid until the reader moves on."""
 
-    def __init__(
-        self,
-        read: Callable[[int], bytes],
-        readinto: Callable[[memoryview], int],
-        size: int,
-        valid: Callable[[], bool],
-    ) -> None:
-        super().__init__()
-        self._read = read
-        self._readinto = readinto
-        self._valid = valid
+    def __init__(self, source: DataSource | None, size: int) -> None:
+        # (io.RawIOBase.__init__ does nothing; skipping it saves time per entry.)
+        self._source = source
+        self._generation = source.generation if source is not None else 0
         self.size = size
 
     def readable(self) -> bool:
         return True
 
-    def _check(self) -> None:
-        if not self._valid():
+    def _check(self) -> DataSource | None:
+        source = self._source
+        if source is not None and source.generation != self._generation:
             raise ValueError("entry data is no longer readable: the reader moved to a later entry")
+        return source
 
     def read(self, size: int | None = -1) -> bytes:
         """Up to ``size`` bytes (the rest when negative or None); b"" at the end."""
-        self._check()
-        return self._read(-1 if size is None else size)
+        source = self._check()
+        if source is None:
+            return b""
+        return source.read_data(-1 if size is None else size)
 
     def readall(self) -> bytes:
         return self.read(-1)
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        self._check()
-        return self._readinto(memoryview(buffer))
+        source = self._check()
+        if source is None:
+            return 0
+        return source.readinto_data(buffer)
 
 
 def _no_data() -> EntryData:
-    return EntryData(lambda _size: b"", lambda _buffer: 0, 0, lambda: True)
+    return EntryData(None, 0)
 
 
 @dataclass

@@ -116,7 +116,11 @@ def check_link_location(path: str, what: str) -> None:
 
 def layer_path(name: str) -> str:
     """Validated Windows layer path (backslashes) of a tar name that has no stream part."""
-    parts = split_components(name)
+    return layer_path_of_parts(split_components(name))
+
+
+def layer_path_of_parts(parts: list[str]) -> str:
+    """:func:`layer_path` of a name already split (and checked) by :func:`split_components`."""
     check_no_colon(parts)
     path = "\\".join(parts)
     check_location(path)

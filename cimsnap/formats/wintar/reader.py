@@ -76,7 +76,6 @@ class WinTarReader:
 
     def __init__(self, fileobj: BinaryIO, name: str | os.PathLike[str] | None = None) -> None:
         self._tar = TarReader(fileobj, name)
-        self._generation = 0
         self._owner: str | None = None  # path of the entry streams may follow
 
     @property
@@ -88,24 +87,19 @@ class WinTarReader:
         return self._tar.drain()
 
     def __iter__(self) -> Iterator[WinTarEntry]:
+        next_member = self._tar.next
+        entry = self._entry
         while True:
-            member = self._tar.next()
-            self._generation += 1
+            member = next_member()
             if member is None:
                 return
-            yield self._entry(member)
+            yield entry(member)
 
     def _fail(self, member: TarMember, message: str) -> NoReturn:
         raise WinTarError(message, path=self._tar.name, offset=member.offset, inner=member.name)
 
     def _data(self, size: int) -> EntryData:
-        generation = self._generation
-        return EntryData(
-            self._tar.read_data,
-            self._tar.readinto_data,
-            size,
-            lambda: generation == self._generation,
-        )
+        return EntryData(self._tar, size)
 
     def _entry(self, member: TarMember) -> WinTarEntry:
         try:
@@ -119,19 +113,20 @@ class WinTarReader:
 
     def _classify(self, member: TarMember) -> WinTarEntry:
         name = member.name
-        paths.split_components(name)  # absolute paths, drive letters, "..", NUL: before all else
-        base = name.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+        # Absolute paths, drive letters, "..", NUL: before all else.
+        parts = paths.split_components(name)
+        base = parts[-1]  # the last component (one trailing separator was dropped)
         if base.startswith(WHITEOUT_PREFIX):
             self._owner = None
             return self._whiteout(member, base)
-        if member.typeflag == TYPE_REG:
+        if member.typeflag == TYPE_REG and ":" in base:
             stream = paths.split_stream_name(name)
             if stream is not None:
                 return self._stream(member, *stream)
         if member.typeflag == TYPE_LINK:
             self._owner = None
-            return self._hardlink(member)
-        return self._file_dir_or_symlink(member)
+            return self._hardlink(member, parts)
+        return self._file_dir_or_symlink(member, parts)
 
     def _whiteout(self, member: TarMember, base: str) -> WinTarEntry:
         parent = member.name.rstrip("/\\")[: -len(base)]
@@ -171,8 +166,8 @@ class WinTarReader:
             data=self._data(member.size),
         )
 
-    def _hardlink(self, member: TarMember) -> WinTarEntry:
-        path = paths.layer_path(member.name)
+    def _hardlink(self, member: TarMember, parts: list[str]) -> WinTarEntry:
+        path = paths.layer_path_of_parts(parts)
         if member.linkname == "":
             self._fail(member, "hard link without a target")
         target = paths.layer_path(member.linkname)
@@ -191,8 +186,8 @@ class WinTarReader:
             data=self._data(0),
         )
 
-    def _file_dir_or_symlink(self, member: TarMember) -> WinTarEntry:
-        path = paths.layer_path(member.name)
+    def _file_dir_or_symlink(self, member: TarMember, parts: list[str]) -> WinTarEntry:
+        path = paths.layer_path_of_parts(parts)
         attributes = self._attributes(member) & ~FILE_ATTRIBUTE_REPARSE_POINT
         typeflag = member.typeflag
         if typeflag == TYPE_DIR and not attributes & FILE_ATTRIBUTE_DIRECTORY:
@@ -244,22 +239,30 @@ class WinTarReader:
         return int(text)
 
     def _times(self, member: TarMember) -> FileTimes:
-        creation_ns = member.mtime_ns
+        mtime_ns = member.mtime_ns
+        creation_ns = mtime_ns
         text = member.pax.get(PAX_CREATION_TIME)
         if text is not None:
             try:
                 creation_ns = parse_pax_time(text)
             except ValueError as exc:
                 self._fail(member, f"{PAX_CREATION_TIME}: {exc}")
-        fallback = member.mtime_ns
-        return FileTimes(
-            creation=filetime_from_unix_ns(creation_ns),
-            last_write=filetime_from_unix_ns(member.mtime_ns),
-            change=filetime_from_unix_ns(fallback if member.ctime_ns is None else member.ctime_ns),
-            last_access=filetime_from_unix_ns(
-                fallback if member.atime_ns is None else member.atime_ns
-            ),
+        # Converted in this order (the first out of range is the one reported); a missing
+        # ctime/atime stands for mtime (MISSING_TIME_SOURCE); equal times converted once.
+        creation = filetime_from_unix_ns(creation_ns)
+        last_write = creation if mtime_ns == creation_ns else filetime_from_unix_ns(mtime_ns)
+        ctime_ns, atime_ns = member.ctime_ns, member.atime_ns
+        change = (
+            last_write
+            if ctime_ns is None or ctime_ns == mtime_ns
+            else filetime_from_unix_ns(ctime_ns)
         )
+        last_access = (
+            last_write
+            if atime_ns is None or atime_ns == mtime_ns
+            else filetime_from_unix_ns(atime_ns)
+        )
+        return FileTimes(creation, last_write, change, last_access)
 
     def _security_descriptor(self, member: TarMember) -> bytes | None:
         raw = member.pax.get(PAX_RAW_SD)

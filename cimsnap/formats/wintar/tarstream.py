@@ -22,12 +22,14 @@ after the two trailer blocks), so tars written here are indistinguishable from h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
+from zlib import adler32
 
 from cimsnap.formats.wintar.errors import WinTarError
 from cimsnap.formats.wintar.times import NS_PER_SECOND, format_pax_time, parse_pax_time
@@ -110,6 +112,16 @@ PAX_HEADER_DIR = "PaxHeaders.0"
 _OCTAL_DIGITS = b"01234567"
 _HIGH_BYTES = bytes(range(0x80, 0x100))
 _DECIMAL = re.compile(r"[+-]?[0-9]+")
+# Keys whose values may not contain NUL (Go parsePAX).
+_PAX_NUL_FREE_KEYS = frozenset({PAX_PATH, PAX_LINKPATH, "uname", "gname"})
+# One well-formed single-line ASCII PAX record; the fast path of _parse_pax (see there).
+_PAX_RECORD = re.compile(r"([0-9]+) ([^=\x00]+)=([^\n]*)\n")
+_PAX_SPARSE_MARK = PAX_GNU_SPARSE_PREFIX.encode("ascii")
+# A record length has at most this many digits (the data is at most 1 MiB); longer length
+# fields are malformed (and int() would refuse to convert thousands of digits).
+_MAX_PAX_LENGTH_DIGITS = 19
+# The checksum field counted as eight spaces (POSIX ustar: "as if ... all blanks").
+_CHKSUM_AS_BLANKS = 0x20 * F_CHKSUM[1]
 
 
 def _field(block: bytes, spec: tuple[int, int]) -> bytes:
@@ -125,7 +137,16 @@ def block_padding(size: int) -> int:
     return -size % BLOCK_SIZE
 
 
-@dataclass
+def _byte_sum(block: bytes) -> int:
+    """Sum of the bytes of a 512-byte block, computed in C.
+
+    The low 16 bits of Adler-32 are 1 + the sum of the bytes modulo 65521 (RFC 1950 section
+    8.2); a 256-byte half sums to at most 65280, so each half's sum is exact.
+    """
+    return (adler32(block[:256]) & 0xFFFF) + (adler32(block[256:]) & 0xFFFF) - 2
+
+
+@dataclass(slots=True)
 class TarMember:
     """One logical tar entry after PAX and GNU meta headers were merged into it."""
 
@@ -147,13 +168,20 @@ class TarReader:
 
     def __init__(self, fileobj: BinaryIO, name: str | os.PathLike[str] | None = None) -> None:
         self._file = fileobj
+        self._read = fileobj.read
+        self._readinto: Callable[[memoryview], int | None] | None = getattr(
+            fileobj, "readinto", None
+        )
         self.name = os.fspath(name) if name is not None else None
         self._pos = 0
         self._remaining = 0
         self._padding = 0
         self._global: dict[str, str] = {}
+        self._global_sparse = False
         self._finished = False
         self.member: TarMember | None = None
+        # Counts next() calls: data handed out for one entry is invalid once this moves on.
+        self.generation = 0
 
     @property
     def position(self) -> int:
@@ -167,11 +195,17 @@ class TarReader:
 
     # -- raw input ---------------------------------------------------------------------------
 
-    def _read_exact(self, count: int, what: str, inner: str | None = None) -> bytes:
+    def _read_exact(
+        self, count: int, what: str, inner: str | None = None, first: bytes = b""
+    ) -> bytes:
+        """``count`` bytes (starting with ``first``, already read but not yet counted)."""
+        chunk = first or self._read(count)
+        if chunk is not None and len(chunk) == count:  # the usual case: one read suffices
+            self._pos += count
+            return chunk
         chunks = []
         wanted = count
         while wanted:
-            chunk = self._file.read(wanted)
             if not chunk:
                 raise self.error(
                     f"truncated tar: {what} ends after {count - wanted} of {count} bytes",
@@ -181,11 +215,13 @@ class TarReader:
             chunks.append(chunk)
             self._pos += len(chunk)
             wanted -= len(chunk)
+            if wanted:
+                chunk = self._read(wanted)
         return b"".join(chunks)
 
     def _read_block(self) -> bytes | None:
         """The next block, or None when the stream ends exactly here."""
-        first = self._file.read(BLOCK_SIZE)
+        first = self._read(BLOCK_SIZE)
         if not first:
             return None
         self._pos += len(first)
@@ -214,17 +250,21 @@ class TarReader:
 
     def readinto_data(self, buffer: memoryview | bytearray) -> int:
         """Fill ``buffer`` from the current entry's data; 0 at its end."""
-        view = memoryview(buffer).cast("B")
-        size = min(len(view), self._remaining)
+        view = buffer if type(buffer) is memoryview else memoryview(buffer)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        size = len(view)
+        if size > self._remaining:
+            size = self._remaining
+            view = view[:size]
         if size == 0:
             return 0
-        readinto = getattr(self._file, "readinto", None)
-        if readinto is None:
-            chunk = self._file.read(size)
+        if self._readinto is None:
+            chunk = self._read(size)
             got = len(chunk)
             view[:got] = chunk
         else:
-            got = readinto(view[:size]) or 0
+            got = self._readinto(view) or 0
         if not got:
             inner = self.member.name if self.member else None
             raise self.error("truncated tar: entry data ends early", offset=self._pos, inner=inner)
@@ -243,7 +283,7 @@ class TarReader:
         verifies one) needs every byte, e.g. GNU tar's padding to 10 KiB records.
         """
         total = 0
-        while chunk := self._file.read(_COPY_CHUNK):
+        while chunk := self._read(_COPY_CHUNK):
             total += len(chunk)
         self._pos += total
         return total
@@ -252,14 +292,17 @@ class TarReader:
 
     def next(self) -> TarMember | None:
         """Advance to the next entry (skipping unread data); None at the end of the archive."""
+        self.generation += 1
         if self._finished:
             return None
-        inner = self.member.name if self.member else None
-        self._skip(self._remaining + self._padding, inner)
-        self._remaining = self._padding = 0
+        skip = self._remaining + self._padding
+        if skip:
+            self._skip(skip, self.member.name if self.member else None)
+            self._remaining = self._padding = 0
         self.member = None
 
         local: dict[str, str] = {}
+        local_sparse = False
         long_name: str | None = None
         long_link: str | None = None
         first_offset: int | None = None
@@ -284,9 +327,13 @@ class TarReader:
             header = _parse_block(block, offset, self)
             typeflag = header.typeflag
             if typeflag in (TYPE_XHEADER, TYPE_XGLOBAL):
-                records = _parse_pax(self._read_special(header, offset), offset, self)
+                data = self._read_special(header, offset)
+                records = _parse_pax(data, offset, self)
+                # Only keys count; the raw check just spares the key scan for most headers.
+                sparse = _PAX_SPARSE_MARK in data and _has_sparse_key(records)
                 if typeflag == TYPE_XHEADER:
                     local = records  # a later x header replaces an earlier one, as in Go
+                    local_sparse = sparse
                 else:
                     self._merge_global(records, offset)
                     first_offset = None
@@ -298,10 +345,12 @@ class TarReader:
                 else:
                     long_link = text
                 continue
-            member = self._build_member(header, local, long_name, long_link, first_offset)
+            member = self._build_member(
+                header, local, local_sparse, long_name, long_link, first_offset
+            )
             self.member = member
             self._remaining = member.size
-            self._padding = block_padding(member.size)
+            self._padding = -member.size % BLOCK_SIZE
             return member
 
     def _merge_global(self, records: dict[str, str], offset: int) -> None:
@@ -313,10 +362,11 @@ class TarReader:
                 self._global[key] = value
         if sum(len(k) + len(v) for k, v in self._global.items()) > MAX_SPECIAL_FILE_SIZE:
             raise self.error(f"global PAX records exceed {MAX_SPECIAL_FILE_SIZE} bytes", offset)
+        self._global_sparse = _has_sparse_key(self._global)
 
     def _finish(self, offset: int) -> None:
         """Consume the end-of-archive marker's second block when it is there."""
-        second = self._file.read(BLOCK_SIZE)
+        second = self._read(BLOCK_SIZE)
         self._pos += len(second)
         if second and len(second) < BLOCK_SIZE:
             second += self._read_exact(BLOCK_SIZE - len(second), "end-of-archive marker")
@@ -325,37 +375,54 @@ class TarReader:
         self._finished = True
 
     def _read_special(self, header: _RawHeader, offset: int) -> bytes:
-        if header.size > MAX_SPECIAL_FILE_SIZE:
+        size = header.size
+        if size > MAX_SPECIAL_FILE_SIZE:
             raise self.error(
-                f"extended header of {header.size} bytes exceeds {MAX_SPECIAL_FILE_SIZE}", offset
+                f"extended header of {size} bytes exceeds {MAX_SPECIAL_FILE_SIZE}", offset
             )
-        data = self._read_exact(header.size, "extended header")
-        self._read_exact(block_padding(header.size), "extended header padding")
+        padded = size + -size % BLOCK_SIZE
+        chunk = self._read(padded) or b""  # data and padding in one read
+        if len(chunk) == padded:
+            self._pos += padded
+            return chunk[:size]
+        # A short read: go on piece by piece, so errors say what was cut short.
+        if len(chunk) >= size:
+            self._pos += size
+            self._read_exact(padded - size, "extended header padding", first=chunk[size:])
+            return chunk[:size]
+        data = self._read_exact(size, "extended header", first=chunk)
+        self._read_exact(padded - size, "extended header padding")
         return data
 
     def _build_member(
         self,
         header: _RawHeader,
         local: dict[str, str],
+        local_sparse: bool,
         long_name: str | None,
         long_link: str | None,
         first_offset: int,
     ) -> TarMember:
-        pax = {**self._global, **local}
+        pax = {**self._global, **local} if self._global else local
         offset = first_offset
         name = header.name
         if long_name:
             name = long_name
-        if pax.get(PAX_PATH):
-            name = pax[PAX_PATH]
         linkname = header.linkname
         if long_link:
             linkname = long_link
-        if pax.get(PAX_LINKPATH):
-            linkname = pax[PAX_LINKPATH]
+        size = header.size
+        mtime_ns = header.mtime * NS_PER_SECOND
+        atime_ns = header.atime * NS_PER_SECOND if header.atime else None
+        ctime_ns = header.ctime * NS_PER_SECOND if header.ctime else None
+        if pax:
+            if pax.get(PAX_PATH):
+                name = pax[PAX_PATH]
+            if pax.get(PAX_LINKPATH):
+                linkname = pax[PAX_LINKPATH]
         inner = name
 
-        if any(key.startswith(PAX_GNU_SPARSE_PREFIX) for key in pax):
+        if local_sparse or self._global_sparse:
             raise self.error("sparse files are not supported", offset, inner)
         typeflag = header.typeflag
         if typeflag == TYPE_REGA:
@@ -371,38 +438,39 @@ class TarReader:
                 inner,
             )
 
-        size = header.size
-        if pax.get(PAX_SIZE):
-            size = _pax_int(pax[PAX_SIZE], PAX_SIZE, offset, self, inner)
+        if pax:
+            text = pax.get(PAX_SIZE)
+            if text:
+                size = _pax_int(text, PAX_SIZE, offset, self, inner)
         if size < 0 or size > MAX_ENTRY_SIZE:
             raise self.error(f"invalid entry size {size}", offset, inner)
-        mtime_ns = header.mtime * NS_PER_SECOND
-        if pax.get(PAX_MTIME):
-            mtime_ns = _pax_time(pax[PAX_MTIME], PAX_MTIME, offset, self, inner)
-        atime_ns = header.atime * NS_PER_SECOND if header.atime else None
-        if pax.get(PAX_ATIME):
-            atime_ns = _pax_time(pax[PAX_ATIME], PAX_ATIME, offset, self, inner)
-        ctime_ns = header.ctime * NS_PER_SECOND if header.ctime else None
-        if pax.get(PAX_CTIME):
-            ctime_ns = _pax_time(pax[PAX_CTIME], PAX_CTIME, offset, self, inner)
+        if pax:
+            text = pax.get(PAX_MTIME)
+            if text:
+                mtime_ns = _pax_time(text, PAX_MTIME, offset, self, inner)
+            text = pax.get(PAX_ATIME)
+            if text:
+                atime_ns = _pax_time(text, PAX_ATIME, offset, self, inner)
+            text = pax.get(PAX_CTIME)
+            if text:
+                ctime_ns = _pax_time(text, PAX_CTIME, offset, self, inner)
         data_size = 0 if typeflag in HEADER_ONLY_TYPES else size
         return TarMember(
-            name=name,
-            linkname=linkname,
-            typeflag=typeflag,
-            mode=header.mode,
-            size=data_size,
-            mtime_ns=mtime_ns,
-            atime_ns=atime_ns,
-            ctime_ns=ctime_ns,
-            pax=pax,
-            offset=offset,
-            data_offset=self._pos,
+            name,
+            linkname,
+            typeflag,
+            header.mode,
+            data_size,
+            mtime_ns,
+            atime_ns,
+            ctime_ns,
+            pax,
+            offset,
+            self._pos,
         )
 
 
-@dataclass
-class _RawHeader:
+class _RawHeader(NamedTuple):
     name: str
     linkname: str
     typeflag: str
@@ -413,9 +481,13 @@ class _RawHeader:
     ctime: int
 
 
+def _has_sparse_key(records: dict[str, str]) -> bool:
+    return any(key.startswith(PAX_GNU_SPARSE_PREFIX) for key in records)
+
+
 def _parse_number(raw: bytes, what: str, offset: int, reader: TarReader) -> int:
     """A numeric header field: base-256 when the high bit is set, else octal (Go parseNumeric)."""
-    if raw and raw[0] & 0x80:
+    if raw[0] & 0x80:
         invert = 0xFF if raw[0] & 0x40 else 0
         value = 0
         for index, byte in enumerate(raw):
@@ -428,7 +500,10 @@ def _parse_number(raw: bytes, what: str, offset: int, reader: TarReader) -> int:
         if value >> 63:
             raise reader.error(f"header field {what} overflows", offset)
         return ~value if invert else value
-    digits = _cstring(raw.strip(b" \x00"))
+    digits = raw.strip(b" \x00")
+    end = digits.find(b"\x00")
+    if end >= 0:
+        digits = digits[:end]
     if not digits:
         return 0
     if digits.translate(None, _OCTAL_DIGITS):
@@ -447,7 +522,7 @@ def header_checksums(block: bytes) -> tuple[int, int]:
     """(unsigned, signed) sums of a header block with the checksum field read as spaces."""
     start, length = F_CHKSUM
     field = block[start : start + length]
-    unsigned = sum(block) - sum(field) + 0x20 * length
+    unsigned = _byte_sum(block) - sum(field) + _CHKSUM_AS_BLANKS
     high = len(block) - len(block.translate(None, _HIGH_BYTES))
     high -= len(field) - len(field.translate(None, _HIGH_BYTES))
     return unsigned, unsigned - 256 * high
@@ -477,13 +552,13 @@ def _parse_block(block: bytes, offset: int, reader: TarReader) -> _RawHeader:
         stored = _parse_number(raw_chksum, "checksum", offset, reader)
     except WinTarError:
         stored = -1
-    unsigned = sum(block) - sum(raw_chksum) + 0x20 * F_CHKSUM[1]
+    unsigned = _byte_sum(block) - sum(raw_chksum) + _CHKSUM_AS_BLANKS
     if stored != unsigned and stored != header_checksums(block)[1]:
         raise reader.error("bad tar header checksum (corrupt or not a tar stream)", offset)
     name = _decode_name(_cstring(raw_name), offset, reader)
     atime = ctime = 0
     if magic == MAGIC_USTAR:
-        if _field(block, F_STAR_TRAILER) == TRAILER_STAR:
+        if block[F_STAR_TRAILER[0] :] == TRAILER_STAR:
             raw_prefix = _field(block, F_STAR_PREFIX)
         if raw_prefix[0]:
             name = _decode_name(_cstring(raw_prefix), offset, reader) + "/" + name
@@ -494,19 +569,46 @@ def _parse_block(block: bytes, offset: int, reader: TarReader) -> _RawHeader:
     if size < 0:
         raise reader.error(f"negative entry size {size}", offset)
     return _RawHeader(
-        name=name,
-        linkname=_decode_name(_cstring(raw_linkname), offset, reader) if raw_linkname[0] else "",
-        typeflag=raw_type.decode("latin-1"),
-        mode=_parse_number(raw_mode, "mode", offset, reader),
-        size=size,
-        mtime=_parse_number(raw_mtime, "mtime", offset, reader),
-        atime=atime,
-        ctime=ctime,
+        name,
+        _decode_name(_cstring(raw_linkname), offset, reader) if raw_linkname[0] else "",
+        raw_type.decode("latin-1"),
+        _parse_number(raw_mode, "mode", offset, reader),
+        size,
+        _parse_number(raw_mtime, "mtime", offset, reader),
+        atime,
+        ctime,
     )
 
 
 def _parse_pax(data: bytes, offset: int, reader: TarReader) -> dict[str, str]:
     """PAX records ``"<len> <key>=<value>\\n"`` (Go parsePAXRecord's rules)."""
+    if data.isascii():
+        # Fast path: match every record at once.  The matches are accepted only if each one
+        # is exactly as long as its length field says and together they cover the data, which
+        # is then the same split the record-by-record loop below makes; anything else (a value
+        # with a newline, a malformed record) goes through that loop.
+        text = data.decode("ascii")
+        matches = _PAX_RECORD.findall(text)
+        records: dict[str, str] = {}
+        covered = 0
+        for length_text, key, value in matches:
+            if len(length_text) > _MAX_PAX_LENGTH_DIGITS:
+                break
+            length = int(length_text)
+            if length != len(length_text) + len(key) + len(value) + 3:
+                break
+            covered += length
+            records[key] = value
+        else:
+            if covered == len(text) and not any(
+                "\x00" in records[key] for key in _PAX_NUL_FREE_KEYS.intersection(records)
+            ):
+                return records
+    return _parse_pax_records(data, offset, reader)
+
+
+def _parse_pax_records(data: bytes, offset: int, reader: TarReader) -> dict[str, str]:
+    """The record-by-record PAX parser (every record shape; says what is malformed)."""
     records: dict[str, str] = {}
     pos = 0
     while pos < len(data):
@@ -516,7 +618,8 @@ def _parse_pax(data: bytes, offset: int, reader: TarReader) -> dict[str, str]:
         length_text = data[pos:space]
         if not length_text.isdigit():
             raise reader.error(f"malformed PAX record length {length_text!r}", offset)
-        length = int(length_text)
+        # (More digits than any length within 1 MiB: int() need not convert them.)
+        length = int(length_text) if len(length_text) <= _MAX_PAX_LENGTH_DIGITS else len(data) + 1
         end = pos + length
         if length <= len(length_text) + 1 or end > len(data) or data[end - 1] != 0x0A:
             raise reader.error("malformed PAX record (length does not match)", offset)
@@ -526,7 +629,7 @@ def _parse_pax(data: bytes, offset: int, reader: TarReader) -> dict[str, str]:
             raise reader.error("malformed PAX record (bad key)", offset)
         key = key_raw.decode("utf-8", "surrogateescape")
         value = value_raw.decode("utf-8", "surrogateescape")
-        if key in (PAX_PATH, PAX_LINKPATH, "uname", "gname") and "\x00" in value:
+        if key in _PAX_NUL_FREE_KEYS and "\x00" in value:
             raise reader.error(f"NUL character in PAX {key}", offset)
         records[key] = value
         pos = end
@@ -534,9 +637,11 @@ def _parse_pax(data: bytes, offset: int, reader: TarReader) -> dict[str, str]:
 
 
 def _pax_int(text: str, key: str, offset: int, reader: TarReader, inner: str) -> int:
-    if _DECIMAL.fullmatch(text) is None:
-        raise reader.error(f"malformed PAX {key} {text!r}", offset, inner)
-    return int(text)
+    if _DECIMAL.fullmatch(text) is not None:
+        with contextlib.suppress(ValueError):  # (thousands of digits: int() refuses them)
+            return int(text)
+    shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+    raise reader.error(f"malformed PAX {key} {shown!r}", offset, inner)
 
 
 def _pax_time(text: str, key: str, offset: int, reader: TarReader, inner: str) -> int:

@@ -10,7 +10,6 @@ by hcsshim and vice versa.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +20,6 @@ FILETIME_MAX = (1 << 63) - 1
 NS_PER_TICK = 100
 NS_PER_SECOND = 1_000_000_000
 
-_PAX_TIME = re.compile(r"([+-]?[0-9]+)(?:\.([0-9]*))?")
 _FILETIME_ORIGIN = datetime(1601, 1, 1, tzinfo=UTC)
 
 
@@ -60,14 +58,26 @@ def filetime_to_datetime(ft: int) -> datetime:
 
 
 def parse_pax_time(text: str) -> int:
-    """Unix nanoseconds of a PAX time string; extra fraction digits are truncated (as Go does)."""
-    match = _PAX_TIME.fullmatch(text)
-    if match is None:
+    """Unix nanoseconds of a PAX time string; extra fraction digits are truncated (as Go does).
+
+    The form is ``[+-]<digits>[.<digits>]`` (ASCII digits; the fraction may be empty).
+    """
+    whole, _, fraction = text.partition(".")
+    digits = whole[1:] if whole[:1] in ("+", "-") else whole
+    if not (
+        digits.isascii()
+        and digits.isdigit()
+        and (not fraction or (fraction.isascii() and fraction.isdigit()))
+    ):
         raise ValueError(f"malformed PAX time {text!r}")
-    seconds = int(match.group(1))
-    fraction = (match.group(2) or "")[:9].ljust(9, "0")
-    nanos = int(fraction)
-    if match.group(1).startswith("-"):
+    try:
+        seconds = int(whole)
+    except ValueError:  # thousands of digits: far outside any FILETIME anyway
+        raise ValueError(f"PAX time with {len(whole)} digits is out of range") from None
+    if not fraction:
+        return seconds * NS_PER_SECOND
+    nanos = int(fraction[:9].ljust(9, "0"))
+    if whole[0] == "-":
         nanos = -nanos
     return seconds * NS_PER_SECOND + nanos
 
