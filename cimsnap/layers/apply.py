@@ -15,6 +15,7 @@ do not match is never left behind.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ LEGACY_MOUNT = "windows-layer"
 OPTION_CIM_PATH = "cimpath="
 OPTION_PARENT_LAYERS = "parentLayerPaths="
 OPTION_PARENT_CIMS = "parentCimPaths="
+# Buffer between a layer blob and the tar reader: small reads are served from it, data reads of
+# this size or more go straight to the blob.
+TAR_READ_BUFFER = 64 << 10
 
 
 class MountLike(Protocol):
@@ -174,7 +178,11 @@ def import_blob(
         blob.close()
         raise
     try:
-        reader = WinTarReader(blob, name=shown)  # type: ignore[arg-type]
+        # Buffered: the tar reader's many small reads (headers, PAX records) then cost a C
+        # call each instead of a trip through the blob's Python layers; reading ahead is
+        # harmless, as the rest of the stream is drained and hashed below anyway.
+        buffered = io.BufferedReader(blob, TAR_READ_BUFFER)
+        reader = WinTarReader(buffered, name=shown)
         for entry in reader:
             writer.add_entry(entry)
             if progress is not None:

@@ -50,6 +50,7 @@ PRISTINE_DIR = ".pristine"
 PRISTINE_FILES = (layout.BCD_FILE, layout.UVM_SYSTEM_HIVE)
 
 Clock = Callable[[], int]  # FILETIME now
+_UTILITY_VM_FOLDED = layout.fold(layout.UTILITY_VM)
 
 
 def filetime_now() -> int:
@@ -117,7 +118,9 @@ class CimLayerWriter:
         self.has_uvm = False
         self._pending: list[_PendingAdd | _PendingLink] = []
         self._deferred_links: set[str] = set()
-        self._added: set[str] = set()
+        # Folded paths this layer added: an opaque whiteout keeps them while it hides what the
+        # parents have.  Only a layer with parents can have something to hide.
+        self._added: set[str] | None = set() if self.parents else None
         self._parent_image: CimImage | None = None
         self._done = False
         self._created_cim_dir = False
@@ -171,12 +174,13 @@ class CimLayerWriter:
 
     def _add(self, entry: WinTarEntry) -> None:
         path = entry.path
-        if layout.fold(path) == layout.fold(layout.UTILITY_VM):
+        folded = layout.fold(path)
+        if folded == _UTILITY_VM_FOLDED:
             self.has_uvm = True
         if entry.kind is EntryKind.FILE:
             self.size += entry.size
         meta = cim_metadata(entry)
-        if layout.is_std_file(path):
+        if layout.is_std_folded(folded):
             if entry.kind is not EntryKind.FILE:
                 raise LayerError(f"{path} must be a regular file, the tar has a {entry.kind}")
             host = layout.host_path(self.layer_dir, path)
@@ -192,7 +196,8 @@ class CimLayerWriter:
             if not self._create_parents(path, entry):
                 raise
             self.writer.add(path, meta, data, size=size)
-        self._added.add(layout.fold(path))
+        if self._added is not None:
+            self._added.add(folded)
 
     def _create_parents(self, path: str, entry: WinTarEntry) -> bool:
         """Create the missing directories above ``path``; False if none was missing."""
@@ -202,7 +207,8 @@ class CimLayerWriter:
             prefix = "\\".join(parts[:depth])
             if not self.writer.exists(prefix):
                 self.writer.add(prefix, parent_directory_metadata(entry))
-                self._added.add(layout.fold(prefix))
+                if self._added is not None:
+                    self._added.add(layout.fold(prefix))
                 created = True
         return created
 
@@ -232,16 +238,18 @@ class CimLayerWriter:
             if not self._create_parents(new, entry):
                 raise
             self.writer.add_link(new, target)
-        self._added.add(layout.fold(new))
+        if self._added is not None:
+            self._added.add(layout.fold(new))
 
     def _remove(self, path: str) -> None:
         with contextlib.suppress(NotFoundError):  # nothing to hide: not in any parent
             self.writer.delete(path)
-        self._added.discard(layout.fold(path))
+        if self._added is not None:
+            self._added.discard(layout.fold(path))
 
     def _opaque(self, directory: str) -> None:
         """Hide what the parents have in ``directory`` (this layer's own entries stay)."""
-        if not self.parent_cims:
+        if not self.parent_cims or self._added is None:
             return
         if self._parent_image is None:
             self._parent_image = CimImage.open(self.parent_cims[0])

@@ -105,6 +105,11 @@ def is_std_file(path: str) -> bool:
     return fold(path) in _STD_FILES
 
 
+def is_std_folded(folded: str) -> bool:
+    """:func:`is_std_file` of a path already :func:`fold`-ed."""
+    return folded in _STD_FILES
+
+
 def host_path(layer_dir: Path, layer_path: str) -> Path:
     """The host path of a layer path inside ``layer_dir`` (components are already validated)."""
     return layer_dir.joinpath(*PureWindowsPath(layer_path).parts)
