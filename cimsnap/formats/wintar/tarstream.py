@@ -120,6 +120,12 @@ _PAX_SPARSE_MARK = PAX_GNU_SPARSE_PREFIX.encode("ascii")
 # A record length has at most this many digits (the data is at most 1 MiB); longer length
 # fields are malformed (and int() would refuse to convert thousands of digits).
 _MAX_PAX_LENGTH_DIGITS = 19
+# Mode, (uid, gid: not used,) size, mtime and checksum as Go's archive/tar and GNU tar write
+# them: all octal digits and a NUL (the checksum: six digits, NUL, space).  Headers that match
+# need no field-by-field parsing (_parse_number gives the same values for them).
+_CANONICAL_NUMBERS = re.compile(
+    rb"([0-7]{7})\x00.{16}([0-7]{11})\x00([0-7]{11})\x00([0-7]{6})\x00 ", re.DOTALL
+)
 # The checksum field counted as eight spaces (POSIX ustar: "as if ... all blanks").
 _CHKSUM_AS_BLANKS = 0x20 * F_CHKSUM[1]
 
@@ -548,10 +554,16 @@ def _parse_block(block: bytes, offset: int, reader: TarReader) -> _RawHeader:
         raw_prefix,
         _pad,
     ) = USTAR_HEADER.unpack(block)
-    try:
-        stored = _parse_number(raw_chksum, "checksum", offset, reader)
-    except WinTarError:
-        stored = -1
+    numbers = _CANONICAL_NUMBERS.match(block, F_MODE[0])
+    if numbers is not None:  # every number as Go and GNU tar write it: one match, no errors
+        mode, size, mtime = int(numbers[1], 8), int(numbers[2], 8), int(numbers[3], 8)
+        stored = int(numbers[4], 8)
+    else:
+        mode = size = mtime = -1  # parsed below, in the order their errors are reported
+        try:
+            stored = _parse_number(raw_chksum, "checksum", offset, reader)
+        except WinTarError:
+            stored = -1
     unsigned = _byte_sum(block) - sum(raw_chksum) + _CHKSUM_AS_BLANKS
     if stored != unsigned and stored != header_checksums(block)[1]:
         raise reader.error("bad tar header checksum (corrupt or not a tar stream)", offset)
@@ -565,19 +577,15 @@ def _parse_block(block: bytes, offset: int, reader: TarReader) -> _RawHeader:
     elif magic == MAGIC_GNU and version == VERSION_GNU:
         atime = _parse_number(_field(block, F_GNU_ATIME), "atime", offset, reader)
         ctime = _parse_number(_field(block, F_GNU_CTIME), "ctime", offset, reader)
-    size = _parse_number(raw_size, "size", offset, reader)
-    if size < 0:
-        raise reader.error(f"negative entry size {size}", offset)
-    return _RawHeader(
-        name,
-        _decode_name(_cstring(raw_linkname), offset, reader) if raw_linkname[0] else "",
-        raw_type.decode("latin-1"),
-        _parse_number(raw_mode, "mode", offset, reader),
-        size,
-        _parse_number(raw_mtime, "mtime", offset, reader),
-        atime,
-        ctime,
-    )
+    if numbers is None:
+        size = _parse_number(raw_size, "size", offset, reader)
+        if size < 0:
+            raise reader.error(f"negative entry size {size}", offset)
+    linkname = _decode_name(_cstring(raw_linkname), offset, reader) if raw_linkname[0] else ""
+    if numbers is None:
+        mode = _parse_number(raw_mode, "mode", offset, reader)
+        mtime = _parse_number(raw_mtime, "mtime", offset, reader)
+    return _RawHeader(name, linkname, raw_type.decode("latin-1"), mode, size, mtime, atime, ctime)
 
 
 def _parse_pax(data: bytes, offset: int, reader: TarReader) -> dict[str, str]:
