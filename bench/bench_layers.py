@@ -11,11 +11,20 @@ process under GNU time (peak memory); the import's time is measured inside its p
 writes durably (the CIM is fsynced at commit); tar does not sync.  Peak memory is also measured
 on a layer of a quarter of the size with as many files: it must not grow with the data.
 
+Fairness on a shared machine: every timed run starts after a ``sync`` (untimed), so no run pays
+for the writeback of the one before; tar's extracted trees are kept until all rounds are done,
+because deleting thousands of files slows the next extraction (ext4 without a journal skips
+recently deleted inodes when it allocates new ones), which would flatter the import.  Each run's
+CPU time (user + system, from GNU time) is shown beside its wall time: when they differ much,
+the machine was busy.  The per-entry cost of the import and of reading the tar alone (the
+wintar reader, every entry's data read, no CIM) is printed too.
+
 Then a full three-layer image (the big layer zstd-compressed, a gzip and a plain layer on top)
 is unpacked end to end with ``cimsnap image unpack`` (digests verified, hives merged, utility VM
 set up) and compared with decompressing and extracting the same three layers with zstd, gzip
 and tar.  Goals: import >= 0.7x tar's throughput; peak memory < 200 MiB.
-``CIMSNAP_BENCH_DIR`` picks the working directory (default: a temporary one in /var/tmp).
+``CIMSNAP_BENCH_DIR`` picks the working directory (default: a temporary one in /var/tmp);
+``CIMSNAP_BENCH_UNPACK=0`` skips the three-layer unpack (quicker while iterating).
 """
 
 from __future__ import annotations
@@ -29,7 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from bench.common import bench_line, print_table
 
@@ -46,10 +57,10 @@ from cimsnap.layers.cimlayer import import_cim_layer
 t0 = time.perf_counter()
 with open(sys.argv[1], "rb") as raw:
     if sys.argv[3] == "digest":  # the CLI's path: also the tar's sha256 (its diff ID)
-        import_blob(raw, local_target(Path(sys.argv[2])))
+        entries = import_blob(raw, local_target(Path(sys.argv[2]))).result.entries
     else:  # the layer writer alone: tar -> CIM
-        import_cim_layer(raw, Path(sys.argv[2]))
-print(json.dumps({"seconds": time.perf_counter() - t0}))
+        entries = import_cim_layer(raw, Path(sys.argv[2])).entries
+print(json.dumps({"seconds": time.perf_counter() - t0, "entries": entries}))
 """
 
 
@@ -91,18 +102,17 @@ def make_base_layer(path: Path, total: int, count: int, seed: int = 1) -> int:
         dir_meta, file_meta = meta(0x10), meta(0x20)
         per_dir = 200
         for d in range(-(-count // per_dir)):
-            writer.add_directory(f"Files\\Program Files\\pkg{d:04d}", dir_meta) if d else (
-                writer.add_directory("Files\\Program Files", dir_meta),
-                writer.add_directory("Files\\Program Files\\pkg0000", dir_meta),
-            )
+            if d == 0:
+                writer.add_directory("Files\\Program Files", dir_meta)
+            writer.add_directory(f"Files\\Program Files\\pkg{d:04d}", dir_meta)
             for i in range(d * per_dir, min(count, (d + 1) * per_dir)):
                 size = sizes[i]
                 # Distinct content for every file (an offset and a stamp), so no dedup.
                 start = (i * 7919) % max(1, POOL_BYTES - min(size, POOL_BYTES))
                 stamp = i.to_bytes(8, "little")
-                data = _Content(pool, start, size, stamp)
+                content = cast(BinaryIO, _Content(pool, start, size, stamp))
                 writer.add_file(
-                    f"Files\\Program Files\\pkg{d:04d}\\file{i:06d}.bin", file_meta, data, size
+                    f"Files\\Program Files\\pkg{d:04d}\\file{i:06d}.bin", file_meta, content, size
                 )
     return sum(sizes)
 
@@ -138,61 +148,98 @@ class _Content(io.RawIOBase):
         return n
 
 
-def _child_rss(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB, stdout) of ``cmd`` run under GNU time.
+@dataclass
+class Run:
+    """One timed child process."""
+
+    seconds: float  # wall time (the import: measured inside, without interpreter start-up)
+    cpu: float  # user + system seconds of the whole child
+    rss: float  # peak resident MiB
+    entries: int = 0
+
+
+def _child(cmd: list[str]) -> tuple[float, float, float, str]:
+    """(wall seconds, CPU seconds, peak RSS MiB, stdout) of ``cmd`` run under GNU time.
 
     GNU time forks the command from its own small process, so the peak is the command's own
     (a child forked from this big benchmark process would inherit its high-water mark).
     """
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    os.sync()  # the previous run's writeback is not this run's work
     with tempfile.NamedTemporaryFile("r", suffix=".time") as stats:
         t0 = time.perf_counter()
-        proc = subprocess.run(
-            ["/usr/bin/time", "-o", stats.name, "-f", "%M", *cmd], capture_output=True, env=env
-        )
+        timed = ["/usr/bin/time", "-o", stats.name, "-f", "%M %U %S", *cmd]
+        proc = subprocess.run(timed, capture_output=True, env=env)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"{cmd} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
-        peak_kib = int(stats.read().strip().splitlines()[-1])
-    return wall, peak_kib / 1024, proc.stdout.decode()
+        peak_kib, user, system = stats.read().strip().splitlines()[-1].split()
+    return wall, float(user) + float(system), int(peak_kib) / 1024, proc.stdout.decode()
 
 
-def _import(tar: Path, work: Path, mode: str = "writer") -> tuple[float, float]:
+def _import(tar: Path, work: Path, mode: str = "writer") -> Run:
     snaps = work / "snapshots"
     shutil.rmtree(snaps, ignore_errors=True)
     snaps.mkdir(parents=True)
-    _, rss, out = _child_rss(
+    _, cpu, rss, out = _child(
         [sys.executable, "-c", _IMPORT_CHILD, str(tar), str(snaps / "1"), mode]
     )
-    seconds = json.loads(out)["seconds"]
+    report = json.loads(out)
     shutil.rmtree(snaps, ignore_errors=True)
-    return seconds, rss
+    return Run(report["seconds"], cpu, rss, report["entries"])
 
 
-def _tar_x(tar: Path, work: Path) -> tuple[float, float]:
-    dest = work / "extract"
-    shutil.rmtree(dest, ignore_errors=True)
+def _tar_x(tar: Path, dest: Path) -> Run:
+    """Extract into ``dest`` (new); the caller deletes it once no timed run follows."""
     dest.mkdir(parents=True)
-    wall, rss, _ = _child_rss(
+    wall, cpu, rss, _ = _child(
         ["tar", "--warning=no-unknown-keyword", "-xf", str(tar), "-C", str(dest)]
     )
-    shutil.rmtree(dest, ignore_errors=True)
-    return wall, rss
+    return Run(wall, cpu, rss)
+
+
+def _read_tar_only(tar: Path) -> tuple[float, int]:
+    """Seconds and entries of reading the tar with the wintar reader alone (data read too)."""
+    sys.path.insert(0, str(PROJECT))
+    from cimsnap.formats.wintar import WinTarReader
+
+    buffer = bytearray(1 << 20)
+    entries = 0
+    os.sync()
+    t0 = time.perf_counter()
+    with open(tar, "rb") as raw:
+        for entry in WinTarReader(raw):
+            entries += 1
+            while entry.size and entry.data.readinto(buffer):
+                pass
+    return time.perf_counter() - t0, entries
 
 
 def main() -> None:
     size_mib = int(os.environ.get("CIMSNAP_BENCH_LAYER_MIB", "1024"))
     files = int(os.environ.get("CIMSNAP_BENCH_LAYER_FILES", "20000"))
     rounds = int(os.environ.get("CIMSNAP_BENCH_ROUNDS", "3"))
+    unpack = os.environ.get("CIMSNAP_BENCH_UNPACK", "1") != "0"
     base_dir = os.environ.get("CIMSNAP_BENCH_DIR")
     work = Path(tempfile.mkdtemp(prefix="cimsnap-bench-layers-", dir=base_dir or "/var/tmp"))
     try:
-        _run(work, size_mib, files, rounds)
+        _run(work, size_mib, files, rounds, unpack)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(work: Path, size_mib: int, files: int, rounds: int) -> None:
+def _best(runs: list[Run]) -> Run:
+    return min(runs, key=lambda run: run.seconds)
+
+
+def _row(label: str, run: Run, mb: float) -> list[str]:
+    per_entry = f"{run.seconds / run.entries * 1e6:.0f}" if run.entries else ""
+    cpu = f"{run.cpu:.2f}" if run.cpu else ""
+    rss = f"{run.rss:.0f}" if run.rss else ""
+    return [label, f"{run.seconds:.2f}", cpu, f"{mb / run.seconds:.0f}", per_entry, rss]
+
+
+def _run(work: Path, size_mib: int, files: int, rounds: int, unpack: bool) -> None:
     big = work / "layer.tar"
     t0 = time.perf_counter()
     data_bytes = make_base_layer(big, size_mib * MiB, files)
@@ -204,72 +251,87 @@ def _run(work: Path, size_mib: int, files: int, rounds: int) -> None:
         f"in {time.perf_counter() - t0:.1f} s"
     )
 
-    imports, digests, tars, import_rss, tar_rss = [], [], [], [], []
-    for _ in range(rounds):
-        seconds, rss = _import(big, work)
-        imports.append(seconds)
-        import_rss.append(rss)
-        seconds, rss = _tar_x(big, work)
-        tars.append(seconds)
-        tar_rss.append(rss)
-        seconds, rss = _import(big, work, "digest")
-        digests.append(seconds)
-        import_rss.append(rss)
-    _, small_rss = _import(small, work, "digest")
-    best_import, best_tar, best_digest = min(imports), min(tars), min(digests)
-    ratio = best_tar / best_import
-    rows = [
-        [
-            "layer import (tar -> CIM)",
-            f"{best_import:.2f}",
-            f"{tar_mb / best_import:.0f}",
-            f"{max(import_rss):.0f}",
-        ],
-        ["layer import + diff ID (CLI)", f"{best_digest:.2f}", f"{tar_mb / best_digest:.0f}", ""],
-        ["tar -x (GNU)", f"{best_tar:.2f}", f"{tar_mb / best_tar:.0f}", f"{max(tar_rss):.0f}"],
-        ["layer import + diff ID, 1/4 data", "", "", f"{small_rss:.0f}"],
-    ]
+    imports: list[Run] = []
+    digests: list[Run] = []
+    tars: list[Run] = []
+    reads: list[Run] = []
+    for round_number in range(rounds):
+        imports.append(_import(big, work))
+        tars.append(_tar_x(big, work / f"extract-{round_number}"))
+        digests.append(_import(big, work, "digest"))
+        seconds, entries = _read_tar_only(big)
+        reads.append(Run(seconds, 0.0, 0.0, entries))
+    for round_number in range(rounds):
+        shutil.rmtree(work / f"extract-{round_number}", ignore_errors=True)
+    small_run = _import(small, work, "digest")
+    best_import, best_tar, best_digest = _best(imports), _best(tars), _best(digests)
+    ratio = best_tar.seconds / best_import.seconds
     print_table(
-        f"import of a {tar_mb:.0f} MB / {files}-file layer (best of {rounds})",
-        ["", "seconds", "MB/s", "peak MiB"],
-        rows,
+        f"import of a {tar_mb:.0f} MB / {files}-file layer (best of {rounds}; CPU s: user + "
+        "system of the whole process)",
+        ["", "seconds", "CPU s", "MB/s", "us/entry", "peak MiB"],
+        [
+            _row("layer import (tar -> CIM)", best_import, tar_mb),
+            _row("layer import + diff ID (CLI)", best_digest, tar_mb),
+            _row("tar -x (GNU)", best_tar, tar_mb),
+            _row("wintar reader alone (no CIM)", _best(reads), tar_mb),
+            ["layer import + diff ID, 1/4 data", "", "", "", "", f"{small_run.rss:.0f}"],
+        ],
+    )
+    print(
+        "every round, seconds (import / tar -x / import + diff ID): "
+        + "; ".join(
+            f"{i.seconds:.2f} / {t.seconds:.2f} / {d.seconds:.2f}"
+            for i, t, d in zip(imports, tars, digests, strict=True)
+        )
     )
     print(
         f"import / tar throughput: {ratio:.2f}x (goal >= 0.7x); with the diff ID "
-        f"{best_tar / best_digest:.2f}x"
+        f"{best_tar.seconds / best_digest.seconds:.2f}x"
     )
 
-    unpack_seconds, unpack_rss, baseline_seconds = _unpack(work, big)
-    print_table(
-        "three-layer image, end to end",
-        ["", "seconds", "peak MiB"],
-        [
+    peak = max(max(run.rss for run in imports + digests), small_run.rss)
+    unpack_seconds = baseline_seconds = 0.0
+    if unpack:
+        unpack_seconds, unpack_rss, baseline_seconds = _unpack(work, big)
+        print_table(
+            "three-layer image, end to end",
+            ["", "seconds", "peak MiB"],
             [
-                "cimsnap image unpack (verify, import, hives, UVM)",
-                f"{unpack_seconds:.2f}",
-                f"{unpack_rss:.0f}",
+                [
+                    "cimsnap image unpack (verify, import, hives, UVM)",
+                    f"{unpack_seconds:.2f}",
+                    f"{unpack_rss:.0f}",
+                ],
+                ["zstd -d | tar -x, gzip -d | tar -x, tar -x", f"{baseline_seconds:.2f}", ""],
             ],
-            ["zstd -d | tar -x, gzip -d | tar -x, tar -x", f"{baseline_seconds:.2f}", ""],
-        ],
-    )
-    peak = max(max(import_rss), small_rss, unpack_rss)
+        )
+        peak = max(peak, unpack_rss)
     bench_line(
         "layer_import_throughput",
-        tar_mb / best_import,
+        tar_mb / best_import.seconds,
         "MB/s",
-        baseline=tar_mb / best_tar,
+        baseline=tar_mb / best_tar.seconds,
         goal=">= 0.7x tar -x",
         met=ratio >= 0.7,
     )
-    bench_line("layer_import_peak_rss", peak, "MiB", goal="< 200 MiB", met=peak < 200)
     bench_line(
-        "image_unpack_3_layers",
-        unpack_seconds,
-        "s",
-        baseline=baseline_seconds,
-        goal="end to end (informational)",
+        "layer_import_us_per_entry",
+        best_import.seconds / best_import.entries * 1e6,
+        "us",
+        goal="informational: the whole import divided by the tar's entries",
         met=None,
     )
+    bench_line("layer_import_peak_rss", peak, "MiB", goal="< 200 MiB", met=peak < 200)
+    if unpack:
+        bench_line(
+            "image_unpack_3_layers",
+            unpack_seconds,
+            "s",
+            baseline=baseline_seconds,
+            goal="end to end (informational)",
+            met=None,
+        )
 
 
 def _unpack(work: Path, big: Path) -> tuple[float, float, float]:
@@ -286,7 +348,7 @@ def _unpack(work: Path, big: Path) -> tuple[float, float, float]:
     )
     _replace_first_layer(layout_dir, packed, big, zst)
     root = work / "root"
-    wall, rss, out = _child_rss(
+    wall, _, rss, out = _child(
         [
             sys.executable,
             "-m",
