@@ -70,15 +70,17 @@ def split_components(name: str) -> list[str]:
         parts.pop(0)
     if not parts:
         raise UnsafePathError("name names the layer root itself")
-    if _DRIVE.match(parts[0]):
+    if parts[0][1:2] == ":" and _DRIVE.match(parts[0]):
         raise UnsafePathError("drive letter in name")
-    for part in parts:
-        if part == "":
-            raise UnsafePathError("empty path component")
-        if part in (".", ".."):
-            raise UnsafePathError(f"{part!r} component in name")
-        if len(part) > MAX_NAME_UNITS // 2 and utf16_units(part) > MAX_NAME_UNITS:
-            raise UnsafePathError(f"a component is longer than {MAX_NAME_UNITS} characters")
+    # (The usual name has none of these: one scan each in C, the loop only to say which.)
+    if "" in parts or "." in parts or ".." in parts or max(map(len, parts)) > MAX_NAME_UNITS // 2:
+        for part in parts:
+            if part == "":
+                raise UnsafePathError("empty path component")
+            if part in (".", ".."):
+                raise UnsafePathError(f"{part!r} component in name")
+            if len(part) > MAX_NAME_UNITS // 2 and utf16_units(part) > MAX_NAME_UNITS:
+                raise UnsafePathError(f"a component is longer than {MAX_NAME_UNITS} characters")
     if len(name) > MAX_PATH_UNITS // 2 and utf16_units("\\".join(parts)) > MAX_PATH_UNITS:
         raise UnsafePathError(f"path is longer than {MAX_PATH_UNITS} characters")
     return parts
@@ -121,8 +123,9 @@ def layer_path(name: str) -> str:
 
 def layer_path_of_parts(parts: list[str]) -> str:
     """:func:`layer_path` of a name already split (and checked) by :func:`split_components`."""
-    check_no_colon(parts)
     path = "\\".join(parts)
+    if ":" in path:  # (the parts hold no separators: a colon in the path is in a part)
+        check_no_colon(parts)
     check_location(path)
     return path
 

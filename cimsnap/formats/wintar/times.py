@@ -64,22 +64,14 @@ def parse_pax_time(text: str) -> int:
     """
     whole, _, fraction = text.partition(".")
     digits = whole[1:] if whole[:1] in ("+", "-") else whole
-    if not (
-        digits.isascii()
-        and digits.isdigit()
-        and (not fraction or (fraction.isascii() and fraction.isdigit()))
-    ):
+    checked = digits + fraction
+    if not digits or not checked.isdigit() or not checked.isascii():
         raise ValueError(f"malformed PAX time {text!r}")
+    # Seconds and nanoseconds as one decimal number: "-1.5" is -(1 s + 500,000,000 ns).
     try:
-        seconds = int(whole)
+        return int(whole + fraction[:9].ljust(9, "0"))
     except ValueError:  # thousands of digits: far outside any FILETIME anyway
         raise ValueError(f"PAX time with {len(whole)} digits is out of range") from None
-    if not fraction:
-        return seconds * NS_PER_SECOND
-    nanos = int(fraction[:9].ljust(9, "0"))
-    if whole[0] == "-":
-        nanos = -nanos
-    return seconds * NS_PER_SECOND + nanos
 
 
 def format_pax_time(ns: int) -> str:
