@@ -209,10 +209,16 @@ class FileMetadata:
 
     def validate(self) -> None:
         """UsageError unless every field can be stored."""
-        for name in ("creation_time", "last_write_time", "change_time", "last_access_time"):
-            value = getattr(self, name)
-            if not 0 <= value <= MAX_FILETIME:
-                raise UsageError(f"{name} {value} is not a FILETIME")
+        if not (  # once per file written: one expression for the usual case
+            0 <= self.creation_time <= MAX_FILETIME
+            and 0 <= self.last_write_time <= MAX_FILETIME
+            and 0 <= self.change_time <= MAX_FILETIME
+            and 0 <= self.last_access_time <= MAX_FILETIME
+        ):
+            for name in ("creation_time", "last_write_time", "change_time", "last_access_time"):
+                value = getattr(self, name)
+                if not 0 <= value <= MAX_FILETIME:
+                    raise UsageError(f"{name} {value} is not a FILETIME")
         if self.security_descriptor is not None and not 0 < len(self.security_descriptor) <= 0xFFFF:
             raise UsageError(f"security descriptor of {len(self.security_descriptor)} bytes")
         if self.extended_attributes:

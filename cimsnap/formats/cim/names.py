@@ -81,6 +81,26 @@ def check_path(path: str, *, leaf_only: bool = False) -> list[str]:
     return parts
 
 
+def split_leaf(path: str) -> tuple[str, str]:
+    """(parent path as given, last component) of a path to be written, checked as
+    ``check_path(path, leaf_only=True)`` checks it; ``("", "")`` for the root.
+
+    The fast path of :meth:`CimWriter.add <.writer.CimWriter.add>`: it splits once and measures
+    only what could break a limit; resolve the parent with :func:`split_path`."""
+    if "/" in path:
+        path = path.replace("/", "\\")
+    parent, _, name = path.rpartition("\\")
+    if not name:  # the root, or a trailing separator: the general rule
+        parts = check_path(path, leaf_only=True)
+        return ("\\".join(parts[:-1]), parts[-1]) if parts else ("", "")
+    # Each code point is at most two units: only long names and paths need measuring.
+    if name in (".", "..") or ":" in name or "\0" in name or 2 * len(name) > MAX_COMPONENT_UNITS:
+        check_name(name)
+    if 2 * len(path) > MAX_PATH_UNITS:
+        check_path(path, leaf_only=True)
+    return parent, name
+
+
 class Collation:
     """Case-insensitive ordering of names through an upcase table (65536 UTF-16 units)."""
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from cimsnap.formats.cim.errors import CimFormatError
 from cimsnap.formats.cim.format import (
@@ -38,9 +38,10 @@ def digest_from_hash(length: int, sha512: bytes, head: bytes) -> bytes:
     return sha512[:DIGEST_LENGTH]
 
 
-@dataclass(frozen=True, order=True)
-class ObjectId:
-    """One entry; the dataclass order (length, digest, offset) is the on-disk sort order."""
+class ObjectId(NamedTuple):
+    """One entry; the tuple order (length, digest, offset) is the on-disk sort order.
+
+    A NamedTuple: writers make one per object and sort thousands of them."""
 
     length: int
     digest: bytes
@@ -57,7 +58,8 @@ def pack_objectid_file(
     ordered = sorted(entries)
     common = CommonHeader(ObjectIdHeader.SIZE, FileType.OBJECT_ID, *version)
     header = ObjectIdHeader(common, index, region_type, ObjectIdHeader.SIZE, len(ordered))
-    return header.pack() + b"".join(entry.pack() for entry in ordered)
+    pack = OBJECT_ID_ENTRY.pack
+    return header.pack() + b"".join([pack(*entry) for entry in ordered])
 
 
 def read_objectid_file(path: str | os.PathLike[str]) -> tuple[ObjectIdHeader, list[ObjectId]]:
@@ -81,8 +83,5 @@ def read_objectid_file(path: str | os.PathLike[str]) -> tuple[ObjectIdHeader, li
             )
         handle.seek(header.table_offset)
         raw = handle.read(header.count * OBJECT_ID_ENTRY.size)
-    entries = [
-        ObjectId(*OBJECT_ID_ENTRY.unpack_from(raw, i * OBJECT_ID_ENTRY.size))
-        for i in range(header.count)
-    ]
+    entries = [ObjectId._make(fields) for fields in OBJECT_ID_ENTRY.iter_unpack(raw)]
     return header, entries

@@ -31,17 +31,27 @@ import heapq
 import os
 import secrets
 import uuid
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from cimsnap.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError, UsageError
+from cimsnap.formats.cim.datapipe import (
+    DataPipe,
+    Slot,
+    Task,
+    hash_all,
+    pwrite_all,
+    write_all,
+    write_nonzero_at,
+)
 from cimsnap.formats.cim.errors import CimFormatError
 from cimsnap.formats.cim.format import (
     COUNTED_LENGTH,
     DIGEST_LENGTH,
+    FILE_ATTRIBUTE_DIRECTORY,
     FILE_ATTRIBUTE_SPARSE_FILE,
     FILE_ID,
     FILE_TABLE_DIRECTORY_ENTRY,
@@ -72,7 +82,14 @@ from cimsnap.formats.cim.format import (
     split_region_offset,
 )
 from cimsnap.formats.cim.metadata import FileMetadata, reparse_tag
-from cimsnap.formats.cim.names import Collation, check_name, check_path, encode_name, split_path
+from cimsnap.formats.cim.names import (
+    Collation,
+    check_name,
+    check_path,
+    encode_name,
+    split_leaf,
+    split_path,
+)
 from cimsnap.formats.cim.objectid import (
     ObjectId,
     digest_from_hash,
@@ -92,11 +109,19 @@ OWN_REGION_TYPES = (RegionType.METADATA, RegionType.DATA, RegionType.SMALL_DATA)
 REGION_HEADER_INDEX = 0
 # ParentFileId of the root directory (version >= 2; Windows' value is not public).
 ROOT_PARENT_FILE_ID = 0
-COPY_CHUNK = 1 << 20
-PARALLEL_HASH_MIN = 16 << 10  # chunks this big are hashed in the helper thread
-_ZEROS = bytes(COPY_CHUNK)
-_ZERO_PAGE = bytes(PAGE_SIZE)
+COPY_CHUNK = 1 << 20  # longest data object read whole; longer ones are streamed in chunks
+# Objects read into the ring are handed to a worker for hashing in groups of about this many
+# bytes (and placed and written in groups): fewer, larger tasks mean fewer GIL hand-overs.
+HASH_BATCH = 512 << 10
+# Metadata and small-data objects are collected in memory and written in pieces this big.
+REGION_WRITE_BATCH = 256 << 10
+_PADDING = bytes(METADATA_ALIGNMENT)
 _DETERMINISTIC_NAMESPACE = uuid.UUID("5f1e0c1a-7d0b-4c52-9c55-63696d736e61")
+_DATA_REGION = OWN_REGION_TYPES.index(RegionType.DATA)
+# Kinds of metadata object in the writer's cache of stored SDs, EAs and reparse buffers.
+_SD_OBJECT, _EA_OBJECT, _REPARSE_OBJECT = 0, 1, 2
+_METADATA_CACHE_ENTRIES = 4096
+_FLAGS: dict[int, int] = {}  # FILE_ATTRIBUTE_* -> file entry flags, as met
 
 
 def default_collation() -> Collation:
@@ -111,7 +136,10 @@ def _align(value: int, alignment: int) -> int:
 
 
 class _Region:
-    """One region file being written (under a temporary name) and its object-ID entries."""
+    """One region file being written (under a temporary name) and its object-ID entries.
+
+    Metadata and small-data regions collect their (8-aligned) objects in memory and write
+    them in batches; the data region is written by the :class:`DataPipe` workers."""
 
     def __init__(
         self, tmp_path: Path, set_index: int, global_index: int, region_type: RegionType
@@ -127,18 +155,35 @@ class _Region:
         os.pwrite(self.fd, header, 0)
         self.end = len(header)
         self.objects: list[ObjectId] = []
+        self._batch = bytearray()  # bytes from file offset self._batch_at on, not written yet
+        self._batch_at = self.end
 
     def next_offset(self) -> int:
         return _align(self.end, self.alignment)
 
     def append(self, data: bytes, digest: bytes) -> int:
-        offset = self.next_offset()
-        os.pwrite(self.fd, data, offset)
+        """Add an object of a metadata or small-data region; returns its byte offset."""
+        end = self.end
+        pad = -end % METADATA_ALIGNMENT
+        offset = end + pad
+        batch = self._batch
+        if pad:
+            batch += _PADDING[:pad]
+        batch += data
         self.end = offset + len(data)
         self.objects.append(ObjectId(len(data), digest, offset))
+        if len(batch) >= REGION_WRITE_BATCH:
+            self.flush()
         return offset
 
+    def flush(self) -> None:
+        if self._batch:
+            pwrite_all(self.fd, self._batch, self._batch_at)
+            self._batch_at += len(self._batch)
+            self._batch.clear()
+
     def finish(self, durable: bool) -> None:
+        self.flush()
         final = _align(self.end, PAGE_SIZE) if self.region_type == RegionType.DATA else self.end
         os.ftruncate(self.fd, final)
         if durable:
@@ -168,14 +213,15 @@ class _Node:
 
 @dataclass(eq=False, slots=True)
 class _PendingObject:
-    """A data-region object read into a buffer, hashed in the helper thread, not yet stored."""
+    """A data-region object read into a ring slot, being hashed, not yet placed."""
 
-    buffer: bytearray
+    slot: Slot
     length: int
     hasher: hashlib._Hash
-    future: Future[None] | None
-    provisional: Stream  # the placeholder the file got; replaced once the object is stored
+    hashed: Task | None  # the worker's hash task (None: hashed already)
+    provisional: Stream  # the placeholder the file got; replaced once the object is placed
     target: tuple[_Node, bytes | None] | None = None  # (file, stream key or None: default)
+    final: Stream | None = None  # once placed
 
 
 class CimWriter:
@@ -204,17 +250,20 @@ class CimWriter:
         self._regions: list[_Region] = []
         self._dedup: dict[tuple[int, int, bytes], int] = {}
         self._verified_parent_objects: set[int] = set()
+        self._metadata_objects: dict[tuple[int, bytes], int] = {}
         self._nodes: dict[int, _Node] = {}
         self._free_ids: list[int] = []
         self._dirty_tables: set[int] = set()
         self._directories: dict[str, _Node] = {}  # resolved parent paths, until an unlink
         self._tmp_tag = f".{image_path.name}.{secrets.token_hex(6)}"
         self._temp_files: list[Path] = []
-        # Two reusable copy buffers (allocating 1 MiB per file costs); the buffered object
-        # waiting for its hash holds one of them.
-        self._free_buffers = [bytearray(COPY_CHUNK), bytearray(COPY_CHUNK)]
-        self._pending: _PendingObject | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        # Data objects wait in ring slots while workers hash them; they are placed (dedup
+        # decision, offset, write) in call order, so the output is a sequential writer's.
+        self._pipe: DataPipe | None = None
+        self._queue: deque[_PendingObject] = deque()
+        self._last_pending: _PendingObject | None = None
+        self._unhashed: list[_PendingObject] = []  # queued, not yet handed to a worker
+        self._unhashed_bytes = 0
         self._guid = uuid.uuid4()
         if parent is not None:
             self.collation = parent.collation
@@ -332,29 +381,35 @@ class CimWriter:
         directory must exist.  Replacing a path unlinks what was there (other hard links to
         it keep the old file).
         """
-        self._check_open()
+        # The hot path of image creation (once per file of a layer): kept lean on purpose.
+        if self._done:
+            self._check_open()
         meta.validate()
-        parts = check_path(path, leaf_only=True)
-        if not parts:
-            if not meta.is_directory:
+        parent_path, name = split_leaf(path)
+        is_dir = bool(meta.attributes & FILE_ATTRIBUTE_DIRECTORY)
+        if not name:
+            if not is_dir:
                 raise UsageError("the root must be a directory", path=self.image_path, inner=path)
             self._update_directory(self._node(self._root_id), meta)
             return self._root_id
-        parent = self._resolve_directory(parts[:-1], path)
-        name = parts[-1]
+        parent = self._directories.get(parent_path)  # files arrive directory by directory
+        if parent is None:
+            parent = self._resolve_directory(parent_path, path)
         key = self.collation.key(name)
-        children = self._children(parent)
+        children = parent.children
+        if children is None:
+            children = self._children(parent)
         existing = children.get(key)
         if existing is not None:
             old = self._node(existing[1])
-            if old.is_dir and meta.is_directory:
+            if old.is_dir and is_dir:
                 self._update_directory(old, meta)
                 return old.file_id
             if old.is_dir and self._children(old):
                 raise FailedPreconditionError(
                     "directory not empty", path=self.image_path, inner=path
                 )
-        if meta.is_directory:
+        if is_dir:
             if data is not None or size:
                 raise UsageError("a directory has no data", path=self.image_path, inner=path)
             stream = Stream(0, 0, StreamType.LINK_TABLE)
@@ -363,19 +418,24 @@ class CimWriter:
         if existing is not None:
             self._unlink(parent, key)
         file_id = self._allocate_id()
+        # streams None: none (a new node has no stream table to inherit).
         node = _Node(
             file_id,
             self._entry_from(meta, parent.file_id, stream),
-            is_dir=meta.is_directory,
-            own=True,
-            links=1,
-            children={} if meta.is_directory else None,
-            children_dirty=meta.is_directory,
-            streams={},
+            is_dir,
+            True,
+            1,
+            {} if is_dir else None,
+            is_dir,
+            None,
         )
         self._nodes[file_id] = node
-        self._claim_pending(stream, node, None)
-        self._link(parent, key, name, file_id)
+        if self._last_pending is not None:
+            self._claim_pending(stream, node, None)
+        children[key] = (name, file_id)
+        if not parent.children_dirty:
+            parent.children_dirty = True
+            self._touch(parent)
         return file_id
 
     def add_stream(
@@ -403,7 +463,7 @@ class CimWriter:
         parts = check_path(new)
         if not parts:
             raise UsageError("cannot link over the root", path=self.image_path, inner=new)
-        parent = self._resolve_directory(parts[:-1], new)
+        parent = self._resolve_directory("\\".join(parts[:-1]), new)
         key = self.collation.key(parts[-1])
         current = self._children(parent).get(key)
         if current is not None:
@@ -426,7 +486,7 @@ class CimWriter:
         parts = check_path(path)
         if not parts:
             raise UsageError("cannot delete the root", path=self.image_path, inner=path)
-        parent = self._resolve_directory(parts[:-1], path)
+        parent = self._resolve_directory("\\".join(parts[:-1]), path)
         key = self.collation.key(parts[-1])
         if key not in self._children(parent):
             raise NotFoundError("no such file or directory", path=self.image_path, inner=path)
@@ -443,7 +503,7 @@ class CimWriter:
         """Write the metadata, object-ID files and the ``.cim``; returns the image path."""
         self._check_open()
         try:
-            self._finish_pending()
+            self._place_all()
             upcase = self._put(RegionType.METADATA, self.collation.to_bytes())
             self._write_directories()
             self._write_stream_tables()
@@ -518,16 +578,16 @@ class CimWriter:
             node = self._node(child[1])
         return node
 
-    def _resolve_directory(self, parts: list[str], shown: str) -> _Node:
-        joined = "\\".join(parts)
-        node = self._directories.get(joined)  # files arrive directory by directory
+    def _resolve_directory(self, path: str, shown: str) -> _Node:
+        """The directory ``path`` (cached by its spelling until something is unlinked)."""
+        node = self._directories.get(path)  # files arrive directory by directory
         if node is None:
-            node = self._resolve(joined)
+            node = self._resolve(path)
             if not node.is_dir:
                 raise NotFoundError("parent is not a directory", path=self.image_path, inner=shown)
             if len(self._directories) > 1024:
                 self._directories.clear()
-            self._directories[joined] = node
+            self._directories[path] = node
         return node
 
     def _touch(self, node: _Node) -> None:
@@ -586,35 +646,51 @@ class CimWriter:
     ) -> FileEntry:
         sd = ea = reparse = 0
         tag = 0
-        if meta.security_descriptor is not None:
-            sd = self._put(
-                RegionType.METADATA,
-                COUNTED_LENGTH.pack(len(meta.security_descriptor)) + meta.security_descriptor,
-            )
-        if meta.extended_attributes:
-            ea = self._put(RegionType.METADATA, meta.extended_attributes)
+        security_descriptor = meta.security_descriptor
+        if security_descriptor is not None:
+            sd = self._put_metadata(_SD_OBJECT, security_descriptor)
+        eas = meta.extended_attributes
+        if eas:
+            ea = self._put_metadata(_EA_OBJECT, eas)
         if meta.reparse_buffer is not None:
             tag = reparse_tag(meta.reparse_buffer)
-            reparse = self._put(
-                RegionType.METADATA,
-                COUNTED_LENGTH.pack(len(meta.reparse_buffer)) + meta.reparse_buffer,
-            )
-        return FileEntry(
-            flags=flags_from_attributes(meta.attributes),
-            ea_length=len(meta.extended_attributes),
-            reparse_tag=tag,
-            creation_time=meta.creation_time,
-            last_write_time=meta.last_write_time,
-            change_time=meta.change_time,
-            last_access_time=meta.last_access_time,
-            default_stream=stream,
-            sd_offset=sd,
-            ea_offset=ea,
-            reparse_offset=reparse,
-            stream_table_offset=previous.stream_table_offset if previous else 0,
-            parent_file_id=parent_id,
-            base_region_index=0,
+            reparse = self._put_metadata(_REPARSE_OBJECT, meta.reparse_buffer)
+        attributes = meta.attributes
+        flags = _FLAGS.get(attributes)
+        if flags is None:
+            flags = flags_from_attributes(attributes)
+            if len(_FLAGS) < 4096:
+                _FLAGS[attributes] = flags
+        return FileEntry(  # positional: this runs once per file (field order of FileEntry)
+            flags,
+            len(eas),
+            tag,
+            meta.creation_time,
+            meta.last_write_time,
+            meta.change_time,
+            meta.last_access_time,
+            stream,
+            sd,
+            ea,
+            reparse,
+            previous.stream_table_offset if previous else 0,
+            parent_id,
+            0,  # base_region_index
         )
+
+    def _put_metadata(self, kind: int, value: bytes) -> int:
+        """Store an SD, EA chain or reparse buffer (:meth:`_put` with a cache: layers
+        repeat a handful of security descriptors thousands of times).  A cached answer is
+        what :meth:`_put` would give again: an object once stored or verified stays usable."""
+        cache = self._metadata_objects
+        found = cache.get((kind, value))
+        if found is None:
+            payload = value if kind == _EA_OBJECT else COUNTED_LENGTH.pack(len(value)) + value
+            found = self._put(RegionType.METADATA, payload)
+            if len(cache) >= _METADATA_CACHE_ENTRIES:
+                cache.clear()
+            cache[(kind, value)] = found
+        return found
 
     # --- objects ----------------------------------------------------------------------------
 
@@ -688,7 +764,9 @@ class CimWriter:
         if data is None:
             length = size or 0
             return Stream(0, length, StreamType.DATA, sparse=length > 0)
-        want = SMALL_DATA_LIMIT if size is None else min(size, SMALL_DATA_LIMIT)
+        if size is not None and size >= SMALL_DATA_LIMIT:
+            return self._write_large(data, size, b"", sparse_ok, shown)  # read into the ring
+        want = SMALL_DATA_LIMIT if size is None else size
         head = _read_exactly(data, want)
         if len(head) < want and size is not None:
             raise UsageError(
@@ -706,113 +784,198 @@ class CimWriter:
     def _write_large(
         self, data: BinaryIO, size: int | None, head: bytes, sparse_ok: bool, shown: str
     ) -> Stream:
-        """A data-region stream.  One that fits in a buffer is read completely and hashed in
-        the helper thread while the caller goes on with the next file; its dedup decision and
-        write happen when the next data-region stream (or the commit) comes (see
-        :meth:`_finish_pending`).  Longer streams are written while they are hashed and
-        truncated away again if the object turns out to be stored already."""
-        buffer = self._free_buffers.pop()
+        """A data-region stream.  One that fits in :data:`COPY_CHUNK` is read whole into a
+        ring slot and hashed on a worker (with its neighbours, see :data:`HASH_BATCH`) while
+        the caller goes on with the next files; it is placed (deduplicated or written) later,
+        in call order (see :meth:`_place_ready`).  Longer streams are written chunk by chunk
+        while they are hashed and truncated away again if the object turns out to be stored
+        already."""
+        queue = self._queue
+        if queue:  # place what the workers hashed meanwhile (cheap when nothing is ready)
+            task = queue[0].hashed
+            if task is not None and task.done:
+                self._place_ready()
+        pipe = self._data_pipe()
+        limit = COPY_CHUNK if size is None else min(size, COPY_CHUNK)
+        slot = self._alloc(limit)
+        start = slot.start
         try:
-            buffer[: len(head)] = head
-            limit = COPY_CHUNK if size is None else min(size, COPY_CHUNK)
-            got = len(head) + _readinto(data, memoryview(buffer)[len(head) : limit])
+            ring = pipe.view
+            have = len(head)
+            ring[start : start + have] = head
+            got = have + _readinto(data, ring[start + have : start + limit])
             if size is not None and got < limit:
                 raise UsageError(
                     f"data ended after {got} of {size} bytes", path=self.image_path, inner=shown
                 )
             complete = got == size if size is not None else got < COPY_CHUNK
-            if complete and sparse_ok and buffer[:got] == _ZEROS[:got]:
-                self._free_buffers.append(buffer)
+            if complete and sparse_ok and pipe.ring.count(0, start, start + got) == got:
+                pipe.release(slot)
                 return Stream(0, got, StreamType.DATA, sparse=True)
         except BaseException:
-            self._free_buffers.append(buffer)
+            pipe.release(slot)
             raise
-        self._finish_pending()  # the previous object goes first: regions grow in call order
         if not complete:
-            return self._write_streamed(data, size, buffer, got, sparse_ok, shown)
-        hasher = hashlib.sha512()
-        future = None
-        if got >= PARALLEL_HASH_MIN:
-            future = self._hash_pool().submit(hasher.update, memoryview(buffer)[:got])
-        else:
-            hasher.update(memoryview(buffer)[:got])
+            return self._write_streamed(data, size, slot, got, sparse_ok, shown)
+        pipe.shrink(slot, got)
         provisional = Stream(0, got)
-        self._pending = _PendingObject(buffer, got, hasher, future, provisional)
+        pending = _PendingObject(slot, got, hashlib.sha512(), None, provisional)
+        queue.append(pending)
+        self._last_pending = pending
+        self._unhashed.append(pending)
+        self._unhashed_bytes += got
+        if self._unhashed_bytes >= HASH_BATCH:
+            self._submit_hashes()
         return provisional
 
-    def _finish_pending(self) -> None:
-        """Store the buffered object (unless it is stored already) and point its file at it."""
-        pending = self._pending
-        if pending is None:
+    def _submit_hashes(self) -> None:
+        """Hand the objects read since the last call to a worker, as one hashing task."""
+        batch = self._unhashed
+        if not batch:
             return
-        self._pending = None
+        pipe = self._data_pipe()
+        ring = pipe.view
+        items = [(p.hasher, ring[p.slot.start : p.slot.start + p.length]) for p in batch]
+        task = pipe.submit([p.slot for p in batch], hash_all, items)
+        for pending in batch:
+            pending.hashed = task
+        self._unhashed = []
+        self._unhashed_bytes = 0
+
+    def _data_pipe(self) -> DataPipe:
+        if self._pipe is None:
+            self._pipe = DataPipe()
+        return self._pipe
+
+    def _alloc(self, n: int) -> Slot:
+        """A ring slot of ``n`` bytes; places hashed objects (or waits) while the ring is full."""
+        pipe = self._data_pipe()
+        while True:
+            slot = pipe.try_alloc(n)
+            if slot is not None:
+                return slot
+            self._submit_hashes()  # whatever is waiting for space must be able to finish
+            pipe.poll()
+            if not self._place_ready():
+                pipe.wait_one()
+
+    def _place_ready(self, *, everything: bool = False) -> int:
+        """Place the queued objects whose hash is done (all of them, waiting, with
+        ``everything``), oldest first, and hand their writes to a worker; returns how many."""
+        if everything:
+            self._submit_hashes()
+        queue = self._queue
+        pipe = self._pipe
+        placed = 0
+        writes: list[tuple[int, int, int]] = []
+        written: list[Slot] = []
         try:
-            if pending.future is not None:
-                pending.future.result()
-            digest = pending.hasher.digest()[:DIGEST_LENGTH]
-            key = (int(RegionType.DATA), pending.length, digest)
-            found = self._dedup.get(key)
-            if found is None or not self._usable(found, pending.length, digest):
-                region = self._regions[OWN_REGION_TYPES.index(RegionType.DATA)]
-                start = region.next_offset()
-                try:
-                    write_nonzero(region.fd, pending.buffer, pending.length, start)
-                except BaseException:
-                    os.ftruncate(region.fd, region.end)
-                    raise
-                region.end = start + pending.length
-                region.objects.append(ObjectId(pending.length, digest, start))
-                found = region_offset(region.global_index, start)
-                self._dedup[key] = found
+            while queue:
+                pending = queue[0]
+                task = pending.hashed
+                if task is None or (not task.done and not everything):
+                    break
+                assert pipe is not None
+                pipe.wait(task)
+                queue.popleft()
+                position = self._place(pending)
+                if position is None:
+                    pipe.release(pending.slot)
+                else:
+                    writes.append((pending.slot.start, pending.length, position))
+                    written.append(pending.slot)
+                placed += 1
         finally:
-            self._free_buffers.append(pending.buffer)
-        stream = Stream(found, pending.length)
+            if written:
+                assert pipe is not None
+                region = self._regions[_DATA_REGION]
+                pipe.submit(written, write_all, region.fd, pipe.ring, writes)
+                for slot in written:
+                    pipe.release(slot)
+        return placed
+
+    def _place_all(self) -> None:
+        """Place every queued object and wait until the workers wrote everything."""
+        self._place_ready(everything=True)
+        if self._pipe is not None:
+            self._pipe.drain()
+
+    def _place(self, pending: _PendingObject) -> int | None:
+        """Decide where a hashed object goes and point its file at it; returns the byte
+        offset to write it at, or None when it is stored already."""
+        length = pending.length
+        digest = pending.hasher.digest()[:DIGEST_LENGTH]
+        key = (int(RegionType.DATA), length, digest)
+        found = self._dedup.get(key)
+        position = None
+        if found is None or not self._usable(found, length, digest):
+            region = self._regions[_DATA_REGION]
+            position = region.next_offset()
+            region.end = position + length
+            region.objects.append(ObjectId(length, digest, position))
+            found = region_offset(region.global_index, position)
+            self._dedup[key] = found
+        stream = Stream(found, length)
+        pending.final = stream
         if pending.target is not None:
-            node, stream_key = pending.target
-            if stream_key is None:
-                if node.entry.default_stream is pending.provisional:
-                    node.entry = node.entry._replace(default_stream=stream)
-            elif node.streams is not None:
-                current = node.streams.get(stream_key)
-                if current is not None and current[1] is pending.provisional:
-                    node.streams[stream_key] = (current[0], stream)
+            self._point(pending, stream)
+        return position
+
+    def _point(self, pending: _PendingObject, stream: Stream) -> None:
+        """Replace the placeholder of ``pending``'s file by ``stream`` (if it still has it)."""
+        assert pending.target is not None
+        node, stream_key = pending.target
+        if stream_key is None:
+            if node.entry.default_stream is pending.provisional:
+                node.entry = node.entry._replace(default_stream=stream)
+        elif node.streams is not None:
+            current = node.streams.get(stream_key)
+            if current is not None and current[1] is pending.provisional:
+                node.streams[stream_key] = (current[0], stream)
 
     def _claim_pending(self, stream: Stream, node: _Node, stream_key: bytes | None) -> None:
-        """Tell the buffered object (if ``stream`` is its placeholder) whose stream it is."""
-        if self._pending is not None and self._pending.provisional is stream:
-            self._pending.target = (node, stream_key)
+        """Tell the queued object (if ``stream`` is its placeholder) whose stream it is."""
+        pending = self._last_pending
+        if pending is not None and pending.provisional is stream:
+            self._last_pending = None
+            pending.target = (node, stream_key)
+            if pending.final is not None:  # placed already
+                self._point(pending, pending.final)
 
     def _write_streamed(
         self,
         data: BinaryIO,
         size: int | None,
-        first: bytearray,
+        first: Slot,
         first_length: int,
         sparse_ok: bool,
         shown: str,
     ) -> Stream:
-        """A stream longer than a buffer: written chunk by chunk while it is hashed."""
-        region = self._regions[OWN_REGION_TYPES.index(RegionType.DATA)]
+        """A stream longer than :data:`COPY_CHUNK`: its chunks are hashed (in order) and
+        written on the workers while the next chunk is read."""
+        pipe = self._data_pipe()
+        ring = pipe.view
+        try:
+            self._place_ready(everything=True)  # its offset follows every queued object
+        except BaseException:
+            pipe.release(first)
+            raise
+        region = self._regions[_DATA_REGION]
         start = region.next_offset()
         hasher = hashlib.sha512()
         position = start
-        remaining = None if size is None else size
-        # Two buffers: SHA-512 of one (in the helper thread; hashlib releases the GIL)
-        # overlaps with writing it and reading the next into the other.
-        second = self._free_buffers.pop()
-        buffers = (first, second)
-        pending: Future[None] | None = None
-        turn = 0
+        remaining = size
+        slot: Slot | None = first
         got = first_length
+        hashed: Task | None = None  # the previous chunk's hash: updates must stay in order
+        writes: deque[Task] = deque()  # chunk writes not yet seen finished
         all_zero = True
         try:
             while True:
-                buffer = buffers[turn]
-                turn ^= 1
-                if pending is not None:
-                    pending.result()  # hashes stay in order
-                    pending = None
+                assert slot is not None
                 if got == 0:
+                    pipe.release(slot)
+                    slot = None
                     if remaining:
                         raise UsageError(
                             f"data ended after {position - start} of {size} bytes",
@@ -820,34 +983,43 @@ class CimWriter:
                             inner=shown,
                         )
                     break
-                view = memoryview(buffer)[:got]
-                if got >= PARALLEL_HASH_MIN:
-                    pending = self._hash_pool().submit(hasher.update, view)
-                else:
-                    hasher.update(view)
-                if write_nonzero(region.fd, buffer, got, position):
-                    all_zero = False
+                if hashed is not None:
+                    pipe.wait(hashed)
+                view = ring[slot.start : slot.start + got]
+                hashed = pipe.submit([slot], hasher.update, view)
+                writes.append(
+                    pipe.submit(
+                        [slot], write_nonzero_at, region.fd, pipe.ring, slot.start, got, position
+                    )
+                )
+                pipe.release(slot)
+                slot = None
+                while writes and writes[0].done:
+                    if pipe.wait(writes.popleft()):
+                        all_zero = False
                 position += got
                 if remaining is not None:
                     remaining -= got
                     if remaining == 0:
                         break
-                # Read the next chunk into the other buffer while this one is hashed.
                 want = COPY_CHUNK if remaining is None else min(COPY_CHUNK, remaining)
-                got = _readinto(data, memoryview(buffers[turn])[:want])
-            if pending is not None:
-                pending.result()
-                pending = None
+                slot = self._alloc(want)
+                got = _readinto(data, ring[slot.start : slot.start + want])
+            if hashed is not None:
+                pipe.wait(hashed)
+            while writes:
+                if pipe.wait(writes.popleft()):
+                    all_zero = False
             length = position - start
             if length > MAX_STREAM_LENGTH:
                 raise UsageError("stream longer than 2^48 bytes", path=self.image_path, inner=shown)
         except BaseException:
-            if pending is not None:
-                pending.exception()  # the hash thread lets go of the buffer
+            if slot is not None:
+                pipe.release(slot)
+            for task in writes:  # nothing of this stream may land after the truncation
+                pipe.settle(task)
             os.ftruncate(region.fd, region.end)
             raise
-        finally:
-            self._free_buffers.extend(buffers)
         if sparse_ok and all_zero:
             os.ftruncate(region.fd, region.end)
             return Stream(0, length, StreamType.DATA, sparse=True)
@@ -1020,18 +1192,15 @@ class CimWriter:
             remove_region_set_if_unused(self.directory, old_header.regions)
 
     def _cleanup(self) -> None:
-        self._pending = None
-        self._stop_pool()  # waits for a hash still running on a buffer
+        self._queue.clear()
+        self._unhashed = []
+        self._last_pending = None
+        self._stop_pool()  # waits for the workers' tasks still running on the ring
         for region in self._regions:
             region.close()
         for leftover in self._temp_files:
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
-
-    def _hash_pool(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="cim-sha512")
-        return self._pool
 
     def _temp(self, what: str) -> Path:
         """A temporary name in the image's directory, removed by :meth:`abort`."""
@@ -1040,9 +1209,9 @@ class CimWriter:
         return path
 
     def _stop_pool(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
 
     def _close_parent(self) -> None:
         if self._parent is not None:
@@ -1080,28 +1249,10 @@ def _readinto(data: BinaryIO, view: memoryview) -> int:
 def write_nonzero(fd: int, buffer: bytes | bytearray, length: int, position: int) -> bool:
     """Write ``buffer[:length]`` at ``position`` except its all-zero pages; False if all zero.
 
-    Everything past the region's current end reads as zeros already (the file ends there), so
-    zero pages are left as holes: region files stay as sparse as the data.
+    Everything past the file's current end reads as zeros already, so zero pages are left as
+    holes: files stay as sparse as the data.
     """
-    if buffer.find(_ZERO_PAGE, 0, length) < 0:  # the usual case: no zero page at all
-        if length < PAGE_SIZE and buffer[:length] == _ZERO_PAGE[:length]:
-            return False
-        os.pwrite(fd, memoryview(buffer)[:length], position)
-        return True
-    wrote = False
-    run_start = None
-    for page in range(0, length, PAGE_SIZE):
-        end = min(page + PAGE_SIZE, length)
-        zero = buffer[page:end] == _ZERO_PAGE[: end - page]
-        if zero and run_start is not None:
-            os.pwrite(fd, memoryview(buffer)[run_start:page], position + run_start)
-            run_start = None
-        elif not zero and run_start is None:
-            run_start = page
-            wrote = True
-    if run_start is not None:
-        os.pwrite(fd, memoryview(buffer)[run_start:length], position + run_start)
-    return wrote
+    return write_nonzero_at(fd, buffer, 0, length, position)
 
 
 def _write_file(durable: bool, path: Path, payload: bytes) -> None:
