@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import shutil
 import stat
@@ -70,6 +71,7 @@ XATTRS = (
 )
 STREAM_SEPARATOR = ":"
 COPY_CHUNK = 1 << 20
+_NOATIME = os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
 
 
 @dataclass
@@ -131,102 +133,150 @@ class _Importer:
             subdirs = self._add_entries(host_dir, image_dir)
             stack.extend(reversed(subdirs))
 
-    def _add_dir(self, host: Path, image: str) -> None:
-        self.writer.add(image or "\\", self._metadata(host, os.lstat(host), is_dir=True))
+    def _add_dir(self, host: Path, image: str, st: os.stat_result | None = None) -> None:
+        if st is None:
+            st = os.lstat(host)
+        self.writer.add(image or "\\", self._metadata(host, None, st, is_dir=True))
         self.stats.directories += 1
 
     def _add_entries(self, host_dir: Path, image_dir: str) -> list[tuple[Path, str]]:
-        fd = _open_noatime(host_dir, os.O_RDONLY | os.O_DIRECTORY)
+        # Once per file: stat and open relative to the directory's descriptor, no Path objects
+        # unless something needs reporting.
+        dir_fd = _open_noatime(host_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            names = sorted(os.fsdecode(n) for n in os.listdir(fd))
+            with os.scandir(dir_fd) as listing:
+                entries = sorted(listing, key=_entry_name)
+            collation = self.writer.collation
+            seen: dict[bytes, str] = {}
+            subdirs = []
+            streams = []
+            for entry in entries:
+                name = entry.name
+                if STREAM_SEPARATOR in name:
+                    streams.append(name)
+                    continue
+                try:
+                    check_name(name)
+                except UsageError as err:
+                    raise UsageError(
+                        f"cannot store this name in an image: {err.message}", path=host_dir / name
+                    ) from None
+                key = collation.key(name)
+                if key in seen:
+                    raise UsageError(
+                        f"names {seen[key]!r} and {name!r} differ only in case", path=host_dir
+                    )
+                seen[key] = name
+                image = f"{image_dir}\\{name}"
+                st = entry.stat(follow_symlinks=False)
+                mode = st.st_mode
+                if stat.S_ISDIR(mode):
+                    host = host_dir / name
+                    self._add_dir(host, image, st)  # now, so that its stream sidecars find it
+                    subdirs.append((host, image))
+                elif stat.S_ISREG(mode):
+                    self._add_file(dir_fd, host_dir, name, image, st)
+                elif stat.S_ISLNK(mode):
+                    self._add_symlink(host_dir / name, image, st)
+                else:
+                    raise UsageError(
+                        "special files (devices, FIFOs, sockets) cannot be stored",
+                        path=host_dir / name,
+                    )
+            for name in streams:
+                self._add_stream(dir_fd, host_dir, image_dir, name, seen, collation)
         finally:
-            os.close(fd)
-        plain = [n for n in names if STREAM_SEPARATOR not in n]
-        streams = [n for n in names if STREAM_SEPARATOR in n]
-        collation = self.writer.collation
-        seen: dict[bytes, str] = {}
-        subdirs = []
-        for name in plain:
-            try:
-                check_name(name)
-            except UsageError as err:
-                raise UsageError(
-                    f"cannot store this name in an image: {err.message}", path=host_dir / name
-                ) from None
-            key = collation.key(name)
-            if key in seen:
-                raise UsageError(
-                    f"names {seen[key]!r} and {name!r} differ only in case", path=host_dir
-                )
-            seen[key] = name
-            host = host_dir / name
-            image = f"{image_dir}\\{name}"
-            st = os.lstat(host)
-            if stat.S_ISDIR(st.st_mode):
-                self._add_dir(host, image)  # now, so that its stream sidecars find it
-                subdirs.append((host, image))
-            elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                self._add_file(host, image, st, collation)
-            else:
-                raise UsageError(
-                    "special files (devices, FIFOs, sockets) cannot be stored", path=host
-                )
-        for name in streams:
-            base, _, stream_name = name.partition(STREAM_SEPARATOR)
-            if collation.key(base) not in seen or not stream_name:
-                raise UsageError(
-                    f"{name!r} looks like an alternate stream of a missing file {base!r}",
-                    path=host_dir,
-                )
-            stream_path = host_dir / name
-            if not stat.S_ISREG(os.lstat(stream_path).st_mode):
-                raise UsageError("an alternate stream must be a regular file", path=stream_path)
-            with os.fdopen(_open_noatime(stream_path, os.O_RDONLY), "rb") as data:
-                size = os.fstat(data.fileno()).st_size
-                self.writer.add_stream(f"{image_dir}\\{base}", stream_name, data, size=size)
-            self.stats.streams += 1
-            self.stats.bytes += size
+            os.close(dir_fd)
         return subdirs
 
-    def _add_file(self, host: Path, image: str, st: os.stat_result, collation: Collation) -> None:
-        if st.st_nlink > 1 and not stat.S_ISLNK(st.st_mode):
-            first = self.inodes.get((st.st_dev, st.st_ino))
+    def _add_stream(
+        self,
+        dir_fd: int,
+        host_dir: Path,
+        image_dir: str,
+        name: str,
+        seen: dict[bytes, str],
+        collation: Collation,
+    ) -> None:
+        base, _, stream_name = name.partition(STREAM_SEPARATOR)
+        if collation.key(base) not in seen or not stream_name:
+            raise UsageError(
+                f"{name!r} looks like an alternate stream of a missing file {base!r}",
+                path=host_dir,
+            )
+        if not stat.S_ISREG(os.lstat(name, dir_fd=dir_fd).st_mode):
+            raise UsageError("an alternate stream must be a regular file", path=host_dir / name)
+        with io.FileIO(_open_noatime(name, os.O_RDONLY, dir_fd=dir_fd), "rb") as data:
+            size = os.fstat(data.fileno()).st_size
+            self.writer.add_stream(f"{image_dir}\\{base}", stream_name, data, size=size)
+        self.stats.streams += 1
+        self.stats.bytes += size
+
+    def _add_file(
+        self, dir_fd: int, host_dir: Path, name: str, image: str, st: os.stat_result
+    ) -> None:
+        if st.st_nlink > 1:
+            inode = (st.st_dev, st.st_ino)
+            first = self.inodes.get(inode)
             if first is not None:
                 self.writer.add_link(image, first)
                 self.stats.hard_links += 1
                 return
-            self.inodes[(st.st_dev, st.st_ino)] = image
-        if stat.S_ISLNK(st.st_mode):
-            self.writer.add(image, self._metadata(host, st, is_dir=False))
-        else:
-            # One descriptor for everything: xattrs, holes, data (opening costs per file).
-            with os.fdopen(_open_noatime(host, os.O_RDONLY), "rb") as data:
-                fd = data.fileno()
-                meta = self._metadata(host, st, is_dir=False, fd=fd)
-                if meta.attributes & FILE_ATTRIBUTE_SPARSE_FILE and _all_hole(fd, st.st_size):
-                    self.writer.add(image, meta, size=st.st_size)  # a sparse stream, no data
-                else:
-                    self.writer.add(image, meta, data, size=st.st_size)
-        self.stats.files += 1
-        self.stats.bytes += st.st_size
+            self.inodes[inode] = image
+        # One descriptor for everything: xattrs, holes, data (opening costs per file).  An
+        # unbuffered FileIO: the writer reads whole objects, a buffer would only copy twice.
+        with io.FileIO(_open_noatime(name, os.O_RDONLY, dir_fd=dir_fd), "rb") as data:
+            fd = data.fileno()
+            size = st.st_size
+            meta = self._metadata(host_dir, name, st, is_dir=False, fd=fd)
+            if meta.attributes & FILE_ATTRIBUTE_SPARSE_FILE and _all_hole(fd, size):
+                self.writer.add(image, meta, size=size)  # a sparse stream, no data
+            else:
+                self.writer.add(image, meta, data, size=size)
+        self._counted_file(size)
+
+    def _add_symlink(self, host: Path, image: str, st: os.stat_result) -> None:
+        self.writer.add(image, self._metadata(host, None, st, is_dir=False))
+        self._counted_file(st.st_size)
+
+    def _counted_file(self, size: int) -> None:
+        stats = self.stats
+        stats.files += 1
+        stats.bytes += size
         if self.progress is not None:
-            self.progress(self.stats)
+            self.progress(stats)
 
     def _metadata(
-        self, host: Path, st: os.stat_result, *, is_dir: bool, fd: int | None = None
+        self,
+        where: Path,
+        name: str | None,
+        st: os.stat_result,
+        *,
+        is_dir: bool,
+        fd: int | None = None,
     ) -> FileMetadata:
-        xattrs = _read_xattrs(host if fd is None else fd) if not stat.S_ISLNK(st.st_mode) else {}
+        """Metadata of the host file ``where / name`` (``where`` itself when ``name`` is None;
+        that path is only built when needed: this runs once per file)."""
+
+        def host() -> Path:
+            return where if name is None else where / name
+
+        symlink = stat.S_ISLNK(st.st_mode)
+        if symlink:
+            xattrs: dict[str, bytes] = {}
+        else:
+            xattrs = _read_xattrs(host() if fd is None else fd)
         reparse = xattrs.get(XATTR_REPARSE)
-        if stat.S_ISLNK(st.st_mode):
-            target = os.readlink(host)
+        if symlink:
+            target = os.readlink(host())
             relative = not target.startswith("/")
             reparse = symlink_reparse_buffer(target.replace("/", "\\"), relative=relative)
-            is_dir = host.is_dir()
+            is_dir = host().is_dir()
         if XATTR_ATTRIBUTES in xattrs:
-            attributes = _parse_int(xattrs[XATTR_ATTRIBUTES], host, XATTR_ATTRIBUTES)
+            attributes = _parse_int(xattrs[XATTR_ATTRIBUTES], host(), XATTR_ATTRIBUTES)
         else:
             attributes = FILE_ATTRIBUTE_DIRECTORY if is_dir else FILE_ATTRIBUTE_ARCHIVE
-            if not st.st_mode & stat.S_IWUSR and not stat.S_ISLNK(st.st_mode):
+            if not st.st_mode & stat.S_IWUSR and not symlink:
                 attributes |= FILE_ATTRIBUTE_READONLY
             if fd is not None and _has_holes(fd, st.st_size):
                 attributes |= FILE_ATTRIBUTE_SPARSE_FILE
@@ -236,31 +286,40 @@ class _Importer:
             attributes &= ~FILE_ATTRIBUTE_DIRECTORY
         if reparse is None:
             attributes &= ~FILE_ATTRIBUTE_REPARSE_POINT
+        mtime = filetime_from_ns(st.st_mtime_ns)
+        ctime = filetime_from_ns(st.st_ctime_ns)
+        atime = filetime_from_ns(st.st_atime_ns)
+        if not xattrs:  # the usual case: everything from stat()
+            return FileMetadata(attributes, mtime, mtime, ctime, atime, None, b"", reparse)
 
-        def time(name: str, host_ns: int) -> int:
-            if name in xattrs:
-                return _parse_int(xattrs[name], host, name)
-            return filetime_from_ns(host_ns)
+        def time(key: str, host_time: int) -> int:
+            if key in xattrs:
+                return _parse_int(xattrs[key], host(), key)
+            return host_time
 
         return FileMetadata(
             attributes=attributes,
-            creation_time=time(XATTR_CREATION_TIME, st.st_mtime_ns),
-            last_write_time=time(XATTR_LAST_WRITE_TIME, st.st_mtime_ns),
-            change_time=time(XATTR_CHANGE_TIME, st.st_ctime_ns),
-            last_access_time=time(XATTR_LAST_ACCESS_TIME, st.st_atime_ns),
+            creation_time=time(XATTR_CREATION_TIME, mtime),
+            last_write_time=time(XATTR_LAST_WRITE_TIME, mtime),
+            change_time=time(XATTR_CHANGE_TIME, ctime),
+            last_access_time=time(XATTR_LAST_ACCESS_TIME, atime),
             security_descriptor=xattrs.get(XATTR_SD),
             extended_attributes=xattrs.get(XATTR_EAS, b""),
             reparse_buffer=reparse,
         )
 
 
-def _open_noatime(path: Path, flags: int) -> int:
+def _entry_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
+
+
+def _open_noatime(path: Path | str, flags: int, *, dir_fd: int | None = None) -> int:
     """Open for reading without touching the access time (which is part of what we store, and
     of what a second, deterministic run would see), where the kernel allows it."""
     try:
-        return os.open(path, flags | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0))
+        return os.open(path, flags | _NOATIME, dir_fd=dir_fd)
     except PermissionError:  # O_NOATIME needs ownership (or CAP_FOWNER)
-        return os.open(path, flags | os.O_CLOEXEC)
+        return os.open(path, flags | os.O_CLOEXEC, dir_fd=dir_fd)
 
 
 def _read_xattrs(path: Path | int) -> dict[str, bytes]:
