@@ -13,6 +13,7 @@ tested on in-memory buffers.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import uuid
 from dataclasses import dataclass, field
@@ -385,25 +386,20 @@ class FileEntry(NamedTuple):
     base_region_index: int = 0  # version >= 2; meaning not public, written as 0
 
     def pack(self, entry_size: int = 96) -> bytes:
-        fields = (
-            self.flags,
-            self.ea_length,
-            self.reparse_tag,
-            self.creation_time,
-            self.last_write_time,
-            self.change_time,
-            self.last_access_time,
-            self.default_stream.pack(),
-            self.sd_offset,
-            self.ea_offset,
-            self.reparse_offset,
-            self.stream_table_offset,
-        )
+        # Once per file of an image: the default stream is packed in place (FILE_ENTRY_RAW).
+        (flags, ea_len, tag, ct, wt, cht, at, stream, sd, ea, rp, st, pfid, bri) = self
+        data_offset, length, stream_type, sparse = stream
+        if not 0 <= length <= MAX_STREAM_LENGTH:
+            raise ValueError(f"stream length {length} exceeds 48 bits")
+        word = length | (stream_type << 48) | (STREAM_SPARSE_BIT if sparse else 0)
         if entry_size == FILE_ENTRY_V1.size:
-            return FILE_ENTRY_V1.pack(*fields)
-        return FILE_ENTRY_V2.pack(*fields, self.parent_file_id, self.base_region_index, 0).ljust(
-            entry_size, b"\0"
+            return FILE_ENTRY_RAW_V1.pack(
+                flags, ea_len, tag, ct, wt, cht, at, data_offset, word, sd, ea, rp, st
+            )
+        raw = FILE_ENTRY_RAW.pack(
+            flags, ea_len, tag, ct, wt, cht, at, data_offset, word, sd, ea, rp, st, pfid, bri, 0
         )
+        return raw if entry_size == FILE_ENTRY_RAW.size else raw.ljust(entry_size, b"\0")
 
     @classmethod
     def unpack(cls, raw: bytes | memoryview) -> FileEntry:
@@ -435,6 +431,7 @@ class FileEntry(NamedTuple):
 FILE_ENTRY_V1 = struct.Struct("<HHIQQQQ16sQQQQ")
 FILE_ENTRY_V2 = struct.Struct("<HHIQQQQ16sQQQQIHH")
 FILE_ENTRY_RAW = struct.Struct("<HHIQQQQQQQQQQIHH")
+FILE_ENTRY_RAW_V1 = struct.Struct("<HHIQQQQQQQQQQ")
 
 
 def entry_size_for_version(major: int) -> int:
@@ -479,20 +476,18 @@ def pack_link_table(entries: list[tuple[bytes, bytes]]) -> bytes:
     name records {u16 length in UTF-16 units, UTF-16LE}.
     """
     count = len(entries)
-    value_bytes = b"".join(value for _, value in entries)
+    value_bytes = b"".join([value for _, value in entries])
     names_start = LINK_TABLE_HEADER.size + len(value_bytes) + NAME_OFFSET.size * count
-    offsets = []
-    names = bytearray()
-    for name, _ in entries:
-        offsets.append(names_start + len(names))
-        names += COUNTED_LENGTH.pack(len(name) // 2) + name
+    records = [COUNTED_LENGTH.pack(len(name) // 2) + name for name, _ in entries]
+    offsets = list(itertools.accumulate((len(r) for r in records[:-1]), initial=names_start))
+    names = b"".join(records)
     total = names_start + len(names)
     return b"".join(
         (
             LINK_TABLE_HEADER.pack(total, count),
             value_bytes,
-            b"".join(NAME_OFFSET.pack(o) for o in offsets),
-            bytes(names),
+            struct.pack(f"<{count}I", *offsets) if count else b"",
+            names,
         )
     )
 
