@@ -11,13 +11,15 @@ process under GNU time (peak memory); the import's time is measured inside its p
 writes durably (the CIM is fsynced at commit); tar does not sync.  Peak memory is also measured
 on a layer of a quarter of the size with as many files: it must not grow with the data.
 
-Fairness on a shared machine: every timed run starts after a ``sync`` (untimed), so no run pays
-for the writeback of the one before; tar's extracted trees are kept until all rounds are done,
-because deleting thousands of files slows the next extraction (ext4 without a journal skips
-recently deleted inodes when it allocates new ones), which would flatter the import.  Each run's
-CPU time (user + system, from GNU time) is shown beside its wall time: when they differ much,
-the machine was busy.  The per-entry cost of the import and of reading the tar alone (the
-wintar reader, every entry's data read, no CIM) is printed too.
+Fairness on a shared machine: everything runs in a fresh ext4 of its own (a sparse image on a
+loop device with direct I/O; see ``_private_filesystem``; ``CIMSNAP_BENCH_PRIVATE_FS=0`` or no
+root: the host's filesystem), because files other processes deleted recently can make ``tar -x``
+several times slower on the host's ext4, which would flatter the import.  Every timed run starts
+after a ``sync`` (untimed), so no run pays for the writeback of the one before; tar's extracted
+trees are kept until all rounds are done (fresh deletions would slow the next extraction the same
+way).  Each run's CPU time (user + system, from GNU time) is shown beside its wall time: when they
+differ much, the machine was busy.  The per-entry cost of the import and of reading the tar
+alone (the wintar reader, every entry's data read, no CIM) is printed too.
 
 Then a full three-layer image (the big layer zstd-compressed, a gzip and a plain layer on top)
 is unpacked end to end with ``cimsnap image unpack`` (digests verified, hives merged, utility VM
@@ -29,6 +31,7 @@ and tar.  Goals: import >= 0.7x tar's throughput; peak memory < 200 MiB.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -38,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -220,12 +224,66 @@ def main() -> None:
     files = int(os.environ.get("CIMSNAP_BENCH_LAYER_FILES", "20000"))
     rounds = int(os.environ.get("CIMSNAP_BENCH_ROUNDS", "3"))
     unpack = os.environ.get("CIMSNAP_BENCH_UNPACK", "1") != "0"
+    private = os.environ.get("CIMSNAP_BENCH_PRIVATE_FS", "1") != "0"
     base_dir = os.environ.get("CIMSNAP_BENCH_DIR")
-    work = Path(tempfile.mkdtemp(prefix="cimsnap-bench-layers-", dir=base_dir or "/var/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="cimsnap-bench-layers-", dir=base_dir or "/var/tmp"))
     try:
-        _run(work, size_mib, files, rounds, unpack)
+        with _private_filesystem(base, size_mib, enabled=private) as mounted:
+            work = mounted or base
+            print(
+                f"working in {work} "
+                + ("(a fresh ext4 of its own)" if mounted else "(the host's filesystem)")
+            )
+            _run(work, size_mib, files, rounds, unpack)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _private_filesystem(base: Path, size_mib: int, *, enabled: bool) -> Iterator[Path | None]:
+    """A fresh ext4 on a sparse image in ``base``, on a loop device with direct I/O.
+
+    Both sides run in it, so neither meets what other processes left on the host filesystem:
+    on an ext4 without a journal, thousands of recently deleted inodes (anyone's test runs)
+    make creating files several times slower for a while, which slowed ``tar -x`` up to 4x
+    here and made the ratio meaningless.  Direct I/O: the loop device adds no second page
+    cache, so fsync costs what it costs on the disk below.  Needs root, mkfs.ext4 and
+    losetup; otherwise (or with ``CIMSNAP_BENCH_PRIVATE_FS=0``) yields None.
+    """
+    tools = all(shutil.which(tool) for tool in ("mkfs.ext4", "losetup", "mount", "umount"))
+    if not enabled or os.geteuid() != 0 or not tools:
+        yield None
+        return
+    image, mountpoint = base / "fs.img", base / "fs"
+    with open(image, "wb") as handle:  # sparse: the data, tar's trees, the CIM and slack
+        handle.truncate((size_mib * 10 + 4096) * MiB)
+    try:
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+        loop = subprocess.run(
+            ["losetup", "--direct-io=on", "--show", "-f", str(image)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as err:
+        print(f"no private filesystem ({err}); using the host's")
+        yield None
+        return
+    try:
+        mountpoint.mkdir()
+        mounted = subprocess.run(["mount", loop, str(mountpoint)], capture_output=True)
+        if mounted.returncode != 0:
+            print(f"no private filesystem ({mounted.stderr.decode().strip()}); using the host's")
+            yield None
+            return
+        try:
+            yield mountpoint
+        finally:
+            os.sync()
+            if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode:
+                subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+    finally:
+        subprocess.run(["losetup", "-d", loop], capture_output=True)
 
 
 def _best(runs: list[Run]) -> Run:
