@@ -10,7 +10,9 @@ Implements ``../shared/reference/cimfs-format.md`` in pure Python.  Modules:
 * :mod:`.destroy` - removing an image unless a known fork needs it;
 * :mod:`.hostfs` - host directory trees <-> images (``cim create`` / ``cim extract``);
 * :mod:`.mount` - read-only FUSE mount;  :mod:`.names`, :mod:`.metadata` - paths, collation,
-  Windows metadata codecs.
+  Windows metadata codecs;
+* :mod:`.datapipe` / :mod:`.datahelper` - the writer's data path: a shared-memory ring and a
+  helper process that hashes (SHA-512) and writes data objects while the writer goes on.
 
 Reading::
 
@@ -38,7 +40,9 @@ Writing (the Windows CimFS API's semantics; paths as above)::
 
 ``add`` streams ``data`` (any binary file object) in constant memory, reading it to EOF or
 exactly ``size`` bytes; without ``data`` the file has ``size`` bytes of zeros stored as a sparse
-stream.  Parents must exist.  Re-adding a file path replaces it (other hard links keep the old
+stream.  Once an image has more than 8 MiB of data, hashing and writing it moves to a helper
+process (``python -I -S datahelper.py``, ended by commit or abort) that shares an 8 MiB ring
+with the writer; the output is the same byte for byte wherever the work runs.  Parents must exist.  Re-adding a file path replaces it (other hard links keep the old
 file); re-adding a directory updates its metadata and keeps its contents; a non-empty directory
 cannot be replaced by a file.  ``destroy_image(path, force=False)`` removes an image and refuses
 while a sibling ``.cim`` lists its region set as a parent.

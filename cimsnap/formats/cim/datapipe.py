@@ -1,94 +1,127 @@
-"""Background work of the CIM writer: SHA-512 and region-file writes on worker threads.
+"""Hashing and writing of the CIM writer's data objects, in a helper process or inline.
 
 The writer reads each data-region object (or each chunk of a long one) into a slot of one
-bounded ring buffer and hands the slot's hashing and, once the object has its place, its write
-to two worker threads.  ``hashlib`` and ``os.pwrite`` release the GIL, so on a multi-core
-machine hashing, the kernel's page-cache copy and the writer's own Python work (parsing the
-next tar header, building metadata) run at the same time.  Placement decisions (deduplication,
-offsets) stay with the caller, in call order, so the output is exactly what a sequential writer
-produces.  Memory is the ring plus a few objects per slot: constant in the data size.
+bounded ring buffer, shared memory both processes map, and asks for its SHA-512 digest and,
+once the object has its place, for its write.  Once an image has more than
+:data:`HELPER_AFTER_BYTES` of data, that work goes to a helper process
+(:mod:`.datahelper`): it hashes and writes while the writer's thread goes on parsing and reading
+the next files.  A process rather than threads because the writer's thread makes many small
+system calls per file (each a GIL hand-over) and the workers would need the GIL once per object:
+on two cores, threads spent about as much time handing the lock around as they saved.  Before
+that point, or where a helper cannot start, the work is done inline.
 
-No format knowledge lives here; :mod:`.writer` drives it.
+Placement decisions (deduplication, offsets) stay with the writer, in call order, so the output
+does not depend on where the work ran.  Memory is the ring plus a few objects per slot:
+constant in the data size.  No format knowledge lives here; :mod:`.writer` drives it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
+import mmap
 import os
-import threading
+import select
+import subprocess
+import sys
 from collections import deque
-from collections.abc import Callable
-from queue import SimpleQueue
+from pathlib import Path
 from typing import Any
 
-# Size of the ring: enough for many average files and a few large ones in flight while the
-# workers catch up (the writer's thread only waits when the ring is full).
+from cimsnap.formats.cim import datahelper
+from cimsnap.formats.cim.datahelper import (
+    DIGEST_PREFIX,
+    ERROR_HEAD,
+    HEADER,
+    OP_CHUNK,
+    OP_HASH,
+    OP_STREAM_END,
+    OP_WRITE,
+    RANGE,
+    STATUS_OK,
+    write_all,
+    write_nonzero_at,
+)
+
+# Size of the ring: many average files and a few large ones in flight while the helper
+# catches up (the writer's thread only waits when the ring is full).
 RING_BYTES = 8 << 20
-# Worker threads: the machines this runs on have 2+ cores; hashing and page-cache copies of
-# different objects proceed in parallel, and the writer's thread takes the remaining share.
-WORKERS = 2
-PAGE_SIZE = 4096
-_IOV_LIMIT = 1024  # IOV_MAX on Linux
-_ZERO_PAGE = bytes(PAGE_SIZE)
+# Data handled inline before the helper starts: small images are not worth a process (its
+# start costs about 20 ms).
+HELPER_AFTER_BYTES = 8 << 20
+# When the helper has more than this much work queued, the writer's thread does the next
+# batches itself instead of waiting for ring space: the two share the work whatever the
+# machine gives each of them (on one core this degrades to working inline).
+HELPER_BACKLOG = 4 << 20
+USE_HELPER = True  # False: always inline (debugging, single-core machines)
+HELPER_SCRIPT = Path(datahelper.__file__)
+_PIPE_BYTES = 1 << 20  # F_SETPIPE_SZ: replies and commands rarely wait for the other side
+_F_SETPIPE_SZ = 1031
+_HELPER_EXIT_SECONDS = 30
 
 
-class Task:
-    """One call run on a worker thread; ``done`` turns True when it returned or raised."""
+class Job:
+    """Work on ring slots: ``done`` turns True with a ``result`` or an ``error``."""
 
-    __slots__ = ("args", "done", "error", "fn", "result")
+    __slots__ = ("done", "error", "nbytes", "op", "result")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self.fn = fn
-        self.args = args
+    def __init__(self, op: int, nbytes: int = 0) -> None:
+        self.op = op
+        self.nbytes = nbytes  # the helper's work in it, for its backlog
         self.done = False
         self.error: BaseException | None = None
         self.result: Any = None
 
 
 class Slot:
-    """A contiguous range of the ring.  Reusable once released and its tasks are done."""
+    """A contiguous range of the ring.  Reusable once released and its jobs are done."""
 
-    __slots__ = ("end", "released", "start", "tasks")
+    __slots__ = ("end", "jobs", "released", "start")
 
     def __init__(self, start: int, end: int) -> None:
         self.start = start
         self.end = end
-        self.tasks: list[Task] = []
+        self.jobs: list[Job] = []
         self.released = False
 
 
-def _work(tasks: SimpleQueue[Task | None], done: SimpleQueue[Task]) -> None:
-    while True:
-        task = tasks.get()
-        if task is None:
-            return
-        try:
-            task.result = task.fn(*task.args)
-        except BaseException as err:  # handed to the writer's thread
-            task.error = err
-        task.done = True
-        done.put(task)
-
-
 class DataPipe:
-    """A ring buffer of slots and the worker threads that hash and write them.
+    """The ring, and the jobs on it run inline or by the helper process.
 
-    Only the writer's thread calls these methods.  Slots are handed out in ring order and
-    come back in that order (a slot whose successor finished first waits for it), which keeps
-    the ring simple and the wait bounded by the oldest object in flight.
+    Slots are handed out in ring order and come back in that order (a slot whose successor
+    finished first waits for it), which keeps the ring simple and the wait bounded by the
+    oldest object in flight.  Jobs finish in submission order.
     """
 
-    def __init__(self, ring_bytes: int | None = None, workers: int | None = None) -> None:
-        ring_bytes = ring_bytes or RING_BYTES
-        workers = workers or WORKERS
-        self.ring = bytearray(ring_bytes)
+    def __init__(self, region_fd: int, ring_bytes: int | None = None) -> None:
+        self.region_fd = region_fd
+        size = ring_bytes or RING_BYTES
+        self._size = size
+        self._memfd = -1
+        self._helper_allowed = USE_HELPER and bool(sys.executable)
+        try:
+            self._memfd = os.memfd_create("cimsnap-ring", os.MFD_CLOEXEC)
+            os.ftruncate(self._memfd, size)
+            self.ring = mmap.mmap(self._memfd, size)
+        except (AttributeError, OSError):  # no memfd: anonymous memory, work inline
+            if self._memfd >= 0:
+                os.close(self._memfd)
+                self._memfd = -1
+            self.ring = mmap.mmap(-1, size)
+            self._helper_allowed = False
         self.view = memoryview(self.ring)
-        self._size = ring_bytes
         self._live: deque[Slot] = deque()
-        self._tasks: SimpleQueue[Task | None] = SimpleQueue()
-        self._done: SimpleQueue[Task] = SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._workers = workers
-        self._in_flight = 0
+        self._inline_bytes = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._command_fd = -1
+        self._reply_fd = -1
+        self._outstanding: deque[Job] = deque()  # sent to the helper, not answered yet
+        self._backlog = 0  # bytes of work in self._outstanding
+        self._replies = bytearray()  # read from the helper, not parsed yet
+        self._stream_helper: bool | None = None  # where the open stream is hashed
+        self._stream = hashlib.sha512()  # an inline stream's hash
         self._failed: BaseException | None = None
 
     # --- slots --------------------------------------------------------------------------------
@@ -118,7 +151,7 @@ class DataPipe:
         return slot
 
     def release(self, slot: Slot) -> None:
-        """The caller is done with ``slot``; it is reused once its tasks are done too."""
+        """The caller is done with ``slot``; it is reused once its jobs are done too."""
         slot.released = True
 
     def shrink(self, slot: Slot, n: int) -> None:
@@ -132,178 +165,264 @@ class DataPipe:
             slot = live[0]
             if not slot.released:
                 return
-            for task in slot.tasks:
-                if not task.done:
+            for job in slot.jobs:
+                if not job.done:
                     return
-                self._check(task)
+                self._check(job)
             live.popleft()
 
-    # --- tasks --------------------------------------------------------------------------------
+    # --- jobs ---------------------------------------------------------------------------------
 
-    def submit(self, slots: list[Slot], fn: Callable[..., Any], *args: Any) -> Task:
-        """Run ``fn(*args)`` on a worker; ``slots`` are kept until it is done."""
-        if not self._threads:
-            self._start()
-        task = Task(fn, args)
+    def hash_batch(self, objects: list[tuple[Slot, int]]) -> Job:
+        """The 24-byte SHA-512 prefixes of ``(slot, length)`` objects (a list, in order)."""
+        nbytes = sum(length for _, length in objects)
+        job = self._job(OP_HASH, [slot for slot, _ in objects], nbytes)
+        if self._use_helper(nbytes) and self._backlog < HELPER_BACKLOG:
+            self._send(job, [(slot.start, length, 0) for slot, length in objects])
+        else:
+            view = self.view
+            job.result = [
+                hashlib.sha512(view[slot.start : slot.start + length]).digest()[:DIGEST_PREFIX]
+                for slot, length in objects
+            ]
+            job.done = True
+        return job
+
+    def write_batch(self, objects: list[tuple[Slot, int, int]]) -> Job:
+        """Write ``(slot, length, file position)`` objects (ascending positions)."""
+        nbytes = sum(length for _, length, _ in objects)
+        job = self._job(OP_WRITE, [slot for slot, _, _ in objects], nbytes)
+        ranges = [(slot.start, length, position) for slot, length, position in objects]
+        if self._use_helper(0) and self._backlog < HELPER_BACKLOG:
+            self._send(job, ranges)
+        else:
+            self._inline(job, write_all, self.region_fd, self.ring, ranges)
+        return job
+
+    def stream_chunk(
+        self, slot: Slot, length: int, position: int, expected: int
+    ) -> tuple[Job, bool]:
+        """Hash the next chunk of a long object (continuing its hash; the job) and write it at
+        ``position`` (now, here: the helper only hashes long objects, so that writing one
+        chunk and hashing the next proceed side by side); False if it was all zero pages.
+        ``expected`` is the object's length as far as known (where to hash it)."""
+        if self._stream_helper is None:  # a new stream: it stays where it starts
+            self._stream_helper = self._use_helper(max(length, expected))
+        job = self._job(OP_CHUNK, [slot], length)
+        if self._stream_helper:
+            self._send(job, [(slot.start, length, position)])
+        else:
+            self._stream.update(self.view[slot.start : slot.start + length])
+            job.done = True
+        return job, write_nonzero_at(self.region_fd, self.ring, slot.start, length, position)
+
+    def stream_end(self) -> Job:
+        """The 24-byte SHA-512 prefix of the chunks since the last call; a new stream starts."""
+        job = self._job(OP_STREAM_END, [])
+        if self._stream_helper:
+            self._send(job, [])
+        else:
+            job.result = self._stream.digest()[:DIGEST_PREFIX]
+            job.done = True
+        self._stream = hashlib.sha512()
+        self._stream_helper = None
+        return job
+
+    def _job(self, op: int, slots: list[Slot], nbytes: int = 0) -> Job:
+        if self._failed is not None:
+            raise self._failed
+        job = Job(op, nbytes)
         for slot in slots:
-            slot.tasks.append(task)
-        self._in_flight += 1
-        self._tasks.put(task)
-        return task
+            slot.jobs.append(job)
+        return job
 
-    def wait(self, task: Task) -> Any:
-        """Block until ``task`` is done; its result, or its exception raised here."""
-        while not task.done:
+    def _inline(self, job: Job, fn: Any, *args: Any) -> None:
+        try:
+            job.result = fn(*args)
+        except OSError as err:
+            job.error = err
+        job.done = True
+
+    def wait(self, job: Job) -> Any:
+        """Block until ``job`` is done; its result, or its error raised here."""
+        while not job.done:
             self.wait_one()
-        self._check(task)
-        return task.result
+        self._check(job)
+        return job.result
 
-    def settle(self, task: Task) -> None:
-        """Block until ``task`` is done, whatever its outcome (a failure is raised later)."""
-        while not task.done:
+    def settle(self, job: Job) -> None:
+        """Block until ``job`` is done, whatever its outcome (a failure is raised later)."""
+        while not job.done:
             self.wait_one()
 
-    def wait_one(self) -> None:
-        """Block until some task is done (one must be in flight)."""
-        if self._in_flight <= 0:
-            raise RuntimeError("waiting for a worker with nothing in flight")
-        self._done.get()
-        self._in_flight -= 1
-        self.poll()
+    @property
+    def outstanding(self) -> int:
+        """Jobs sent to the helper and not answered yet."""
+        return len(self._outstanding)
 
     def poll(self) -> None:
-        """Take note of finished tasks without blocking."""
-        done = self._done
-        while not done.empty():
-            done.get()
-            self._in_flight -= 1
+        """Take in the helper's replies so far, without blocking."""
+        if self._outstanding:
+            self._read_replies(block=False)
+
+    def wait_one(self) -> None:
+        """Block until some job is done (one must be outstanding)."""
+        if not self._outstanding:
+            raise RuntimeError("waiting for the data helper with nothing outstanding")
+        before = len(self._outstanding)
+        while len(self._outstanding) == before:
+            self._read_replies(block=True)
 
     def drain(self) -> None:
-        """Wait for every task; raises the first failure of any of them."""
-        while self._in_flight > 0:
+        """Wait for every job; raises the first failure of any of them."""
+        while self._outstanding:
             self.wait_one()
         for slot in self._live:
-            for task in slot.tasks:
-                self._check(task)
+            for job in slot.jobs:
+                self._check(job)
         self._reclaim()
-
-    def _check(self, task: Task) -> None:
-        if task.error is not None:
-            error, task.error = task.error, None
-            self._failed = self._failed or error
-            raise error
         if self._failed is not None:
             raise self._failed
 
-    # --- threads ------------------------------------------------------------------------------
+    def _check(self, job: Job) -> None:
+        if job.error is not None:
+            self._failed = self._failed or job.error
+            raise job.error
+        if self._failed is not None:
+            raise self._failed
 
-    def _start(self) -> None:
-        for i in range(self._workers):
-            thread = threading.Thread(
-                target=_work, args=(self._tasks, self._done), name=f"cim-worker-{i}", daemon=True
+    # --- the helper process -------------------------------------------------------------------
+
+    def _use_helper(self, nbytes: int) -> bool:
+        if self._process is not None:
+            return True
+        if not self._helper_allowed or self._stream_helper is not None:
+            return False  # (a stream hashed inline finishes inline)
+        self._inline_bytes += nbytes
+        if self._inline_bytes < HELPER_AFTER_BYTES:
+            return False
+        try:
+            self._spawn()
+        except OSError:
+            self._helper_allowed = False  # it works inline then
+            return False
+        return True
+
+    def _spawn(self) -> None:
+        command_r, command_w = os.pipe2(os.O_CLOEXEC)
+        reply_r, reply_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            for fd in (command_w, reply_w):
+                with contextlib.suppress(OSError):  # a bigger pipe if the system allows
+                    fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+            ends = (self._memfd, self.region_fd, command_r, reply_w)
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(HELPER_SCRIPT), *(str(fd) for fd in ends)],
+                pass_fds=ends,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
-            thread.start()
-            self._threads.append(thread)
+        except BaseException:
+            for fd in (command_w, reply_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(command_r)
+            os.close(reply_w)
+        os.set_blocking(command_w, False)
+        os.set_blocking(reply_r, False)
+        self._command_fd = command_w
+        self._reply_fd = reply_r
+
+    def _send(self, job: Job, ranges: list[tuple[int, int, int]]) -> None:
+        message = HEADER.pack(job.op, len(ranges)) + b"".join([RANGE.pack(*r) for r in ranges])
+        self._outstanding.append(job)
+        self._backlog += job.nbytes
+        view = memoryview(message)
+        while view:
+            try:
+                view = view[os.write(self._command_fd, view) :]
+            except BlockingIOError:  # the helper is busy: take its replies while waiting
+                readable, _, _ = select.select([self._reply_fd], [self._command_fd], [])
+                if readable:
+                    self._read_replies(block=False)
+            except BrokenPipeError:
+                self._helper_died()
+
+    def _read_replies(self, *, block: bool) -> None:
+        while True:
+            try:
+                chunk = os.read(self._reply_fd, 1 << 16)
+            except BlockingIOError:
+                if not block:
+                    return
+                select.select([self._reply_fd], [], [])
+                continue
+            if not chunk:
+                self._helper_died()
+            self._replies += chunk
+            self._parse_replies()
+            return
+
+    def _parse_replies(self) -> None:
+        data = self._replies
+        at = 0
+        while len(data) - at >= HEADER.size:
+            status, length = HEADER.unpack_from(data, at)
+            end = at + HEADER.size + length
+            if len(data) < end:
+                break
+            payload = bytes(data[at + HEADER.size : end])
+            at = end
+            job = self._outstanding.popleft()
+            self._backlog -= job.nbytes
+            if status == STATUS_OK:
+                if job.op == OP_HASH:
+                    job.result = [
+                        payload[i : i + DIGEST_PREFIX]
+                        for i in range(0, len(payload), DIGEST_PREFIX)
+                    ]
+                elif job.op == OP_STREAM_END:
+                    job.result = payload
+            else:
+                (number,) = ERROR_HEAD.unpack_from(payload)
+                message = payload[ERROR_HEAD.size :].decode("utf-8", "replace")
+                job.error = OSError(number or errno.EIO, f"CIM data helper: {message}")
+            job.done = True
+        del data[:at]
+
+    def _helper_died(self) -> None:
+        code = self._process.poll() if self._process is not None else None
+        error = OSError(errno.EPIPE, f"the CIM data helper process ended (status {code})")
+        self._failed = self._failed or error
+        while self._outstanding:
+            job = self._outstanding.popleft()
+            job.error = error
+            job.done = True
+        raise error
 
     def close(self) -> None:
-        """Wait for what is in flight (ignoring failures) and stop the workers."""
-        while self._in_flight > 0:
-            self._done.get()
-            self._in_flight -= 1
-        for _ in self._threads:
-            self._tasks.put(None)
-        for thread in self._threads:
-            thread.join()
-        self._threads.clear()
+        """Stop the helper (after the commands it has; without waiting for their replies)
+        and let go of the ring."""
+        process, self._process = self._process, None
+        for fd in (self._command_fd, self._reply_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._command_fd = self._reply_fd = -1
+        if process is not None:
+            try:
+                process.wait(_HELPER_EXIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._outstanding:  # not answered: nobody may wait for them any more
+            error = self._failed or OSError(errno.ECANCELED, "the CIM writer was closed")
+            for job in self._outstanding:
+                job.error = job.error or error
+                job.done = True
+            self._outstanding.clear()
         self._live.clear()
-
-
-def write_nonzero_at(
-    fd: int, ring: bytes | bytearray, start: int, length: int, position: int
-) -> bool:
-    """Write ``ring[start:start + length]`` at file ``position`` except its all-zero pages
-    (counted from ``start``, which maps to a page boundary of the file); False if all zero.
-
-    Everything past the file's current end reads as zeros already, so zero pages become holes:
-    region files stay as sparse as the data.
-    """
-    end = start + length
-    view = memoryview(ring)
-    if ring.find(_ZERO_PAGE, start, end) < 0:  # the usual case: no zero page at all
-        if length < PAGE_SIZE and ring.count(0, start, end) == length:
-            return False
-        pwrite_all(fd, view[start:end], position)
-        return True
-    wrote = False
-    run_start = -1
-    for page in range(start, end, PAGE_SIZE):
-        page_end = min(page + PAGE_SIZE, end)
-        zero = ring[page:page_end] == _ZERO_PAGE[: page_end - page]
-        if zero and run_start >= 0:
-            pwrite_all(fd, view[run_start:page], position + run_start - start)
-            run_start = -1
-        elif not zero and run_start < 0:
-            run_start = page
-            wrote = True
-    if run_start >= 0:
-        pwrite_all(fd, view[run_start:end], position + run_start - start)
-    return wrote
-
-
-def hash_all(items: list[tuple[Any, memoryview]]) -> None:
-    """``hasher.update(data)`` for each pair: one worker task for many small objects."""
-    for hasher, data in items:
-        hasher.update(data)
-
-
-def write_all(fd: int, ring: bytearray, objects: list[tuple[int, int, int]]) -> None:
-    """Write objects ``(ring start, length, file position)``, in ascending file positions,
-    as :func:`write_nonzero_at` would one by one, with as few system calls as possible:
-    objects without zero pages that follow each other in the file (up to the alignment gap
-    between them, which lies in a page the earlier object occupies anyway) go out in one
-    ``pwritev``."""
-    view = memoryview(ring)
-    run: list[memoryview | bytes] = []
-    run_at = run_end = 0
-    for start, length, position in objects:
-        end = start + length
-        if length < PAGE_SIZE:
-            if ring.count(0, start, end) == length:
-                continue  # all zero: a hole
-        elif ring.find(_ZERO_PAGE, start, end) >= 0:
-            write_nonzero_at(fd, ring, start, length, position)  # zero pages stay holes
-            continue
-        gap = position - run_end
-        if run and (0 <= gap < PAGE_SIZE) and len(run) < _IOV_LIMIT - 1:
-            if gap:
-                run.append(_ZERO_PAGE[:gap])
-        else:
-            if run:
-                _pwritev_all(fd, run, run_at)
-            run = []
-            run_at = position
-        run.append(view[start:end])
-        run_end = position + length
-    if run:
-        _pwritev_all(fd, run, run_at)
-
-
-def _pwritev_all(fd: int, buffers: list[memoryview | bytes], position: int) -> None:
-    written = os.pwritev(fd, buffers, position)
-    for buffer in buffers:  # after a short write (rare on regular files): the rest one by one
-        size = len(buffer)
-        if written >= size:
-            written -= size
-        else:
-            pwrite_all(fd, memoryview(buffer)[written:], position + written)
-            written = 0
-        position += size
-
-
-def pwrite_all(fd: int, data: bytes | bytearray | memoryview, position: int) -> None:
-    """``os.pwrite`` until everything is written."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, position)
-        view = view[written:]
-        position += written
+        if self._memfd >= 0:
+            os.close(self._memfd)  # (the mapping lives on until its last view is gone)
+            self._memfd = -1

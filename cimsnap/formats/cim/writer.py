@@ -38,15 +38,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cimsnap.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError, UsageError
-from cimsnap.formats.cim.datapipe import (
-    DataPipe,
-    Slot,
-    Task,
-    hash_all,
-    pwrite_all,
-    write_all,
-    write_nonzero_at,
-)
+from cimsnap.formats.cim.datahelper import DIGEST_PREFIX, pwrite_all, write_nonzero_at
+from cimsnap.formats.cim.datapipe import DataPipe, Job, Slot
 from cimsnap.formats.cim.errors import CimFormatError
 from cimsnap.formats.cim.format import (
     COUNTED_LENGTH,
@@ -110,14 +103,16 @@ REGION_HEADER_INDEX = 0
 # ParentFileId of the root directory (version >= 2; Windows' value is not public).
 ROOT_PARENT_FILE_ID = 0
 COPY_CHUNK = 1 << 20  # longest data object read whole; longer ones are streamed in chunks
-# Objects read into the ring are handed to a worker for hashing in groups of about this many
-# bytes (and placed and written in groups): fewer, larger tasks mean fewer GIL hand-overs.
+# Objects read into the ring are hashed in batches of about this many bytes (and placed and
+# written in batches): fewer, larger commands to the data helper.
 HASH_BATCH = 512 << 10
 # Metadata and small-data objects are collected in memory and written in pieces this big.
 REGION_WRITE_BATCH = 256 << 10
 _PADDING = bytes(METADATA_ALIGNMENT)
 _DETERMINISTIC_NAMESPACE = uuid.UUID("5f1e0c1a-7d0b-4c52-9c55-63696d736e61")
 _DATA_REGION = OWN_REGION_TYPES.index(RegionType.DATA)
+if DIGEST_PREFIX != DIGEST_LENGTH:  # the data helper computes object-ID digests too
+    raise ImportError("the data helper's digest length differs from the object-ID digest's")
 # Kinds of metadata object in the writer's cache of stored SDs, EAs and reparse buffers.
 _SD_OBJECT, _EA_OBJECT, _REPARSE_OBJECT = 0, 1, 2
 _METADATA_CACHE_ENTRIES = 4096
@@ -217,9 +212,9 @@ class _PendingObject:
 
     slot: Slot
     length: int
-    hasher: hashlib._Hash
-    hashed: Task | None  # the worker's hash task (None: hashed already)
     provisional: Stream  # the placeholder the file got; replaced once the object is placed
+    batch: Job | None = None  # the hash job of its batch (None: not asked yet)
+    index: int = 0  # its place in that batch
     target: tuple[_Node, bytes | None] | None = None  # (file, stream key or None: default)
     final: Stream | None = None  # once placed
 
@@ -262,7 +257,7 @@ class CimWriter:
         self._pipe: DataPipe | None = None
         self._queue: deque[_PendingObject] = deque()
         self._last_pending: _PendingObject | None = None
-        self._unhashed: list[_PendingObject] = []  # queued, not yet handed to a worker
+        self._unhashed: list[_PendingObject] = []  # queued, not yet in a hash batch
         self._unhashed_bytes = 0
         self._guid = uuid.uuid4()
         if parent is not None:
@@ -785,17 +780,17 @@ class CimWriter:
         self, data: BinaryIO, size: int | None, head: bytes, sparse_ok: bool, shown: str
     ) -> Stream:
         """A data-region stream.  One that fits in :data:`COPY_CHUNK` is read whole into a
-        ring slot and hashed on a worker (with its neighbours, see :data:`HASH_BATCH`) while
-        the caller goes on with the next files; it is placed (deduplicated or written) later,
-        in call order (see :meth:`_place_ready`).  Longer streams are written chunk by chunk
-        while they are hashed and truncated away again if the object turns out to be stored
-        already."""
+        ring slot and hashed (with its neighbours, see :data:`HASH_BATCH`) while the caller
+        goes on with the next files; it is placed (deduplicated or written) later, in call
+        order (see :meth:`_place_ready`).  Longer streams are written chunk by chunk while they
+        are hashed and truncated away again if the object turns out to be stored already."""
         queue = self._queue
-        if queue:  # place what the workers hashed meanwhile (cheap when nothing is ready)
-            task = queue[0].hashed
-            if task is not None and task.done:
-                self._place_ready()
         pipe = self._data_pipe()
+        if queue:  # place what was hashed meanwhile (cheap when nothing is ready)
+            pipe.poll()
+            job = queue[0].batch
+            if job is not None and job.done:
+                self._place_ready()
         limit = COPY_CHUNK if size is None else min(size, COPY_CHUNK)
         slot = self._alloc(limit)
         start = slot.start
@@ -809,7 +804,7 @@ class CimWriter:
                     f"data ended after {got} of {size} bytes", path=self.image_path, inner=shown
                 )
             complete = got == size if size is not None else got < COPY_CHUNK
-            if complete and sparse_ok and pipe.ring.count(0, start, start + got) == got:
+            if complete and sparse_ok and pipe.ring[start : start + got].count(0) == got:
                 pipe.release(slot)
                 return Stream(0, got, StreamType.DATA, sparse=True)
         except BaseException:
@@ -819,7 +814,7 @@ class CimWriter:
             return self._write_streamed(data, size, slot, got, sparse_ok, shown)
         pipe.shrink(slot, got)
         provisional = Stream(0, got)
-        pending = _PendingObject(slot, got, hashlib.sha512(), None, provisional)
+        pending = _PendingObject(slot, got, provisional)
         queue.append(pending)
         self._last_pending = pending
         self._unhashed.append(pending)
@@ -829,82 +824,84 @@ class CimWriter:
         return provisional
 
     def _submit_hashes(self) -> None:
-        """Hand the objects read since the last call to a worker, as one hashing task."""
+        """Ask for the digests of the objects read since the last call, as one batch."""
         batch = self._unhashed
         if not batch:
             return
-        pipe = self._data_pipe()
-        ring = pipe.view
-        items = [(p.hasher, ring[p.slot.start : p.slot.start + p.length]) for p in batch]
-        task = pipe.submit([p.slot for p in batch], hash_all, items)
-        for pending in batch:
-            pending.hashed = task
+        job = self._data_pipe().hash_batch([(p.slot, p.length) for p in batch])
+        for index, pending in enumerate(batch):
+            pending.batch = job
+            pending.index = index
         self._unhashed = []
         self._unhashed_bytes = 0
 
     def _data_pipe(self) -> DataPipe:
         if self._pipe is None:
-            self._pipe = DataPipe()
+            self._pipe = DataPipe(self._regions[_DATA_REGION].fd)
         return self._pipe
 
     def _alloc(self, n: int) -> Slot:
         """A ring slot of ``n`` bytes; places hashed objects (or waits) while the ring is full."""
         pipe = self._data_pipe()
+        stuck = False
         while True:
             slot = pipe.try_alloc(n)
             if slot is not None:
                 return slot
             self._submit_hashes()  # whatever is waiting for space must be able to finish
             pipe.poll()
-            if not self._place_ready():
+            if self._place_ready():
+                stuck = False
+            elif pipe.outstanding:
                 pipe.wait_one()
+                stuck = False
+            elif stuck:  # nothing placed, nothing in flight, still no room: a bug
+                raise RuntimeError(f"no room for {n} bytes in the data ring")
+            else:
+                stuck = True  # (replies taken in above may have freed slots: try again)
 
     def _place_ready(self, *, everything: bool = False) -> int:
-        """Place the queued objects whose hash is done (all of them, waiting, with
-        ``everything``), oldest first, and hand their writes to a worker; returns how many."""
+        """Place the queued objects whose digest is known (all of them, waiting, with
+        ``everything``), oldest first, and have them written as one batch; returns how many."""
         if everything:
             self._submit_hashes()
         queue = self._queue
         pipe = self._pipe
         placed = 0
-        writes: list[tuple[int, int, int]] = []
-        written: list[Slot] = []
+        writes: list[tuple[Slot, int, int]] = []
         try:
             while queue:
                 pending = queue[0]
-                task = pending.hashed
-                if task is None or (not task.done and not everything):
+                job = pending.batch
+                if job is None or (not job.done and not everything):
                     break
                 assert pipe is not None
-                pipe.wait(task)
+                digests = pipe.wait(job)
                 queue.popleft()
-                position = self._place(pending)
+                position = self._place(pending, digests[pending.index])
                 if position is None:
                     pipe.release(pending.slot)
                 else:
-                    writes.append((pending.slot.start, pending.length, position))
-                    written.append(pending.slot)
+                    writes.append((pending.slot, pending.length, position))
                 placed += 1
         finally:
-            if written:
+            if writes:
                 assert pipe is not None
-                region = self._regions[_DATA_REGION]
-                pipe.submit(written, write_all, region.fd, pipe.ring, writes)
-                for slot in written:
+                pipe.write_batch(writes)
+                for slot, _, _ in writes:
                     pipe.release(slot)
         return placed
 
     def _place_all(self) -> None:
-        """Place every queued object and wait until the workers wrote everything."""
+        """Place every queued object and wait until everything is written."""
         self._place_ready(everything=True)
         if self._pipe is not None:
             self._pipe.drain()
 
-    def _place(self, pending: _PendingObject) -> int | None:
+    def _place(self, pending: _PendingObject, digest: bytes) -> int | None:
         """Decide where a hashed object goes and point its file at it; returns the byte
         offset to write it at, or None when it is stored already."""
         length = pending.length
-        digest = pending.hasher.digest()[:DIGEST_LENGTH]
         key = (int(RegionType.DATA), length, digest)
         found = self._dedup.get(key)
         position = None
@@ -952,7 +949,7 @@ class CimWriter:
         shown: str,
     ) -> Stream:
         """A stream longer than :data:`COPY_CHUNK`: its chunks are hashed (in order) and
-        written on the workers while the next chunk is read."""
+        written while the next chunk is read."""
         pipe = self._data_pipe()
         ring = pipe.view
         try:
@@ -962,13 +959,11 @@ class CimWriter:
             raise
         region = self._regions[_DATA_REGION]
         start = region.next_offset()
-        hasher = hashlib.sha512()
         position = start
         remaining = size
         slot: Slot | None = first
         got = first_length
-        hashed: Task | None = None  # the previous chunk's hash: updates must stay in order
-        writes: deque[Task] = deque()  # chunk writes not yet seen finished
+        chunks: deque[Job] = deque()  # chunk hashes not yet seen finished
         all_zero = True
         try:
             while True:
@@ -983,20 +978,14 @@ class CimWriter:
                             inner=shown,
                         )
                     break
-                if hashed is not None:
-                    pipe.wait(hashed)
-                view = ring[slot.start : slot.start + got]
-                hashed = pipe.submit([slot], hasher.update, view)
-                writes.append(
-                    pipe.submit(
-                        [slot], write_nonzero_at, region.fd, pipe.ring, slot.start, got, position
-                    )
-                )
+                job, wrote = pipe.stream_chunk(slot, got, position, size or 0)
+                chunks.append(job)
+                if wrote:
+                    all_zero = False
                 pipe.release(slot)
                 slot = None
-                while writes and writes[0].done:
-                    if pipe.wait(writes.popleft()):
-                        all_zero = False
+                while chunks and chunks[0].done:
+                    pipe.wait(chunks.popleft())
                 position += got
                 if remaining is not None:
                     remaining -= got
@@ -1005,25 +994,24 @@ class CimWriter:
                 want = COPY_CHUNK if remaining is None else min(COPY_CHUNK, remaining)
                 slot = self._alloc(want)
                 got = _readinto(data, ring[slot.start : slot.start + want])
-            if hashed is not None:
-                pipe.wait(hashed)
-            while writes:
-                if pipe.wait(writes.popleft()):
-                    all_zero = False
+            while chunks:
+                pipe.wait(chunks.popleft())
+            digest = pipe.wait(pipe.stream_end())
             length = position - start
             if length > MAX_STREAM_LENGTH:
                 raise UsageError("stream longer than 2^48 bytes", path=self.image_path, inner=shown)
         except BaseException:
             if slot is not None:
                 pipe.release(slot)
-            for task in writes:  # nothing of this stream may land after the truncation
-                pipe.settle(task)
+            with contextlib.suppress(Exception):  # nothing of it may land after the truncation
+                for job in chunks:
+                    pipe.settle(job)
+                pipe.settle(pipe.stream_end())  # the next stream starts afresh
             os.ftruncate(region.fd, region.end)
             raise
         if sparse_ok and all_zero:
             os.ftruncate(region.fd, region.end)
             return Stream(0, length, StreamType.DATA, sparse=True)
-        digest = hasher.digest()[:DIGEST_LENGTH]
         key = (int(RegionType.DATA), length, digest)
         found = self._dedup.get(key)
         if found is not None and self._usable(found, length, digest):

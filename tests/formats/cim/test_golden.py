@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from cimsnap.formats.cim import CimImage, CimWriter, FileMetadata
+from cimsnap.formats.cim import CimImage, CimWriter, FileMetadata, datapipe
 from cimsnap.formats.cim.check import check_object_ids
 from cimsnap.formats.cim.format import (
     FILE_ATTRIBUTE_ARCHIVE,
@@ -194,6 +194,16 @@ def build_host_tree(root: Path) -> None:
             os.setxattr(path, XATTR_SD, SD_OTHER)
         if i == 3:
             os.setxattr(path, XATTR_EAS, encode_eas([ExtendedAttribute(b"E", b"v")]))
+
+
+@pytest.fixture(autouse=True, params=["default", "inline", "helper"])
+def data_work(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the writer hashes and writes data (:mod:`.datapipe`) must not change a byte:
+    as configured, always inline, or in the helper process from the first object."""
+    if request.param == "inline":
+        monkeypatch.setattr(datapipe, "USE_HELPER", False)
+    elif request.param == "helper":
+        monkeypatch.setattr(datapipe, "HELPER_AFTER_BYTES", 0)
 
 
 def digest_directory(directory: Path) -> str:
