@@ -40,11 +40,12 @@ Writing (the Windows CimFS API's semantics; paths as above)::
 
 ``add`` streams ``data`` (any binary file object) in constant memory, reading it to EOF or
 exactly ``size`` bytes; without ``data`` the file has ``size`` bytes of zeros stored as a sparse
-stream.  Once an image has more than 8 MiB of data, hashing and writing it moves to a helper
-process (``python -I -S datahelper.py``, ended by commit or abort) that shares an 8 MiB ring
-with the writer; the output is the same byte for byte wherever the work runs.  Parents must exist.  Re-adding a file path replaces it (other hard links keep the old
+stream.  Parents must exist.  Re-adding a file path replaces it (other hard links keep the old
 file); re-adding a directory updates its metadata and keeps its contents; a non-empty directory
-cannot be replaced by a file.  ``destroy_image(path, force=False)`` removes an image and refuses
+cannot be replaced by a file.  Once an image has more than 8 MiB of data, hashing and writing
+it moves to a helper process (``python -I -S datahelper.py``, ended by commit or abort) that
+shares an 8 MiB ring with the writer; the output is the same byte for byte wherever the work
+runs.  ``destroy_image(path, force=False)`` removes an image and refuses
 while a sibling ``.cim`` lists its region set as a parent.
 
 Choices where public sources are silent (the README's compatibility notes):

@@ -106,6 +106,7 @@ COPY_CHUNK = 1 << 20  # longest data object read whole; longer ones are streamed
 # Objects read into the ring are hashed in batches of about this many bytes (and placed and
 # written in batches): fewer, larger commands to the data helper.
 HASH_BATCH = 512 << 10
+POLL_BYTES = 256 << 10
 # Metadata and small-data objects are collected in memory and written in pieces this big.
 REGION_WRITE_BATCH = 256 << 10
 _PADDING = bytes(METADATA_ALIGNMENT)
@@ -252,13 +253,14 @@ class CimWriter:
         self._directories: dict[str, _Node] = {}  # resolved parent paths, until an unlink
         self._tmp_tag = f".{image_path.name}.{secrets.token_hex(6)}"
         self._temp_files: list[Path] = []
-        # Data objects wait in ring slots while workers hash them; they are placed (dedup
+        # Data objects wait in ring slots while they are hashed; they are placed (dedup
         # decision, offset, write) in call order, so the output is a sequential writer's.
         self._pipe: DataPipe | None = None
         self._queue: deque[_PendingObject] = deque()
         self._last_pending: _PendingObject | None = None
         self._unhashed: list[_PendingObject] = []  # queued, not yet in a hash batch
         self._unhashed_bytes = 0
+        self._unpolled_bytes = 0  # read since the helper's replies were last taken in
         self._guid = uuid.uuid4()
         if parent is not None:
             self.collation = parent.collation
@@ -786,7 +788,10 @@ class CimWriter:
         are hashed and truncated away again if the object turns out to be stored already."""
         queue = self._queue
         pipe = self._data_pipe()
-        if queue:  # place what was hashed meanwhile (cheap when nothing is ready)
+        if queue and self._unpolled_bytes >= POLL_BYTES:
+            # Place what was hashed meanwhile.  (Taking in the helper's replies costs a
+            # system call: not once per small file.)
+            self._unpolled_bytes = 0
             pipe.poll()
             job = queue[0].batch
             if job is not None and job.done:
@@ -819,6 +824,7 @@ class CimWriter:
         self._last_pending = pending
         self._unhashed.append(pending)
         self._unhashed_bytes += got
+        self._unpolled_bytes += got
         if self._unhashed_bytes >= HASH_BATCH:
             self._submit_hashes()
         return provisional
