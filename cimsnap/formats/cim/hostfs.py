@@ -168,6 +168,12 @@ class _Importer:
                     )
                 seen[key] = name
                 image = f"{image_dir}\\{name}"
+                # The common case: a regular file (as the directory entry says, no system call)
+                # is opened and stat()ed through its descriptor.
+                if entry.is_file(follow_symlinks=False) and self._add_regular(
+                    dir_fd, host_dir, name, image
+                ):
+                    continue
                 st = entry.stat(follow_symlinks=False)
                 mode = st.st_mode
                 if stat.S_ISDIR(mode):
@@ -212,8 +218,31 @@ class _Importer:
         self.stats.streams += 1
         self.stats.bytes += size
 
+    def _add_regular(self, dir_fd: int, host_dir: Path, name: str, image: str) -> bool:
+        """Add the regular file ``name``; False if it is something else by now (the caller
+        then looks again).  O_NOFOLLOW and O_NONBLOCK: a name that became a symbolic link or a
+        FIFO since the listing is neither followed nor waited for."""
+        try:
+            fd = _open_noatime(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENOENT, errno.ENXIO):
+                return False
+            raise
+        with io.FileIO(fd, "rb") as data:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            self._add_file(dir_fd, host_dir, name, image, st, data)
+        return True
+
     def _add_file(
-        self, dir_fd: int, host_dir: Path, name: str, image: str, st: os.stat_result
+        self,
+        dir_fd: int,
+        host_dir: Path,
+        name: str,
+        image: str,
+        st: os.stat_result,
+        opened: io.FileIO | None = None,
     ) -> None:
         if st.st_nlink > 1:
             inode = (st.st_dev, st.st_ino)
@@ -225,15 +254,23 @@ class _Importer:
             self.inodes[inode] = image
         # One descriptor for everything: xattrs, holes, data (opening costs per file).  An
         # unbuffered FileIO: the writer reads whole objects, a buffer would only copy twice.
-        with io.FileIO(_open_noatime(name, os.O_RDONLY, dir_fd=dir_fd), "rb") as data:
-            fd = data.fileno()
-            size = st.st_size
-            meta = self._metadata(host_dir, name, st, is_dir=False, fd=fd)
-            if meta.attributes & FILE_ATTRIBUTE_SPARSE_FILE and _all_hole(fd, size):
-                self.writer.add(image, meta, size=size)  # a sparse stream, no data
-            else:
-                self.writer.add(image, meta, data, size=size)
-        self._counted_file(size)
+        if opened is None:
+            with io.FileIO(_open_noatime(name, os.O_RDONLY, dir_fd=dir_fd), "rb") as data:
+                self._add_data(data, host_dir, name, image, st)
+        else:
+            self._add_data(opened, host_dir, name, image, st)
+        self._counted_file(st.st_size)
+
+    def _add_data(
+        self, data: io.FileIO, host_dir: Path, name: str, image: str, st: os.stat_result
+    ) -> None:
+        fd = data.fileno()
+        size = st.st_size
+        meta = self._metadata(host_dir, name, st, is_dir=False, fd=fd)
+        if meta.attributes & FILE_ATTRIBUTE_SPARSE_FILE and _all_hole(fd, size):
+            self.writer.add(image, meta, size=size)  # a sparse stream, no data
+        else:
+            self.writer.add(image, meta, data, size=size)
 
     def _add_symlink(self, host: Path, image: str, st: os.stat_result) -> None:
         self.writer.add(image, self._metadata(host, None, st, is_dir=False))

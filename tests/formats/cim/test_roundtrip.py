@@ -15,8 +15,10 @@ import tempfile
 import tracemalloc
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 
+from cimsnap.errors import UsageError
 from cimsnap.formats.cim import CimImage, CimWriter, FileMetadata
 from cimsnap.formats.cim.check import check_object_ids
 from cimsnap.formats.cim.format import (
@@ -233,3 +235,14 @@ def host_snapshot(root: Path) -> dict[str, object]:
             content = "dir" if path.is_dir() else canonical_digest(path)
             out[relative] = (content, xattrs, link_group, st.st_mtime_ns, st.st_mode)
     return out
+
+
+def test_special_files_are_refused_without_waiting(tmp_path: Path) -> None:
+    """A FIFO (or device, socket) in the tree: a clear error, nothing opened or left behind."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    os.mkfifo(src / "pipe")
+    with pytest.raises(UsageError, match="special files"):
+        create_from_directory(tmp_path / "img.cim", src)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
