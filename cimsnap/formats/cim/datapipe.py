@@ -120,6 +120,7 @@ class DataPipe:
         self._outstanding: deque[Job] = deque()  # sent to the helper, not answered yet
         self._backlog = 0  # bytes of work in self._outstanding
         self._replies = bytearray()  # read from the helper, not parsed yet
+        self._unsent = bytearray()  # commands not written to the pipe yet
         self._stream_helper: bool | None = None  # where the open stream is hashed
         self._stream = hashlib.sha512()  # an inline stream's hash
         self._failed: BaseException | None = None
@@ -194,7 +195,7 @@ class DataPipe:
         job = self._job(OP_WRITE, [slot for slot, _, _ in objects], nbytes)
         ranges = [(slot.start, length, position) for slot, length, position in objects]
         if self._use_helper(0) and self._backlog < HELPER_BACKLOG:
-            self._send(job, ranges)
+            self._send(job, ranges, now=False)
         else:
             self._inline(job, write_all, self.region_fd, self.ring, ranges)
         return job
@@ -269,6 +270,7 @@ class DataPipe:
         """Block until some job is done (one must be outstanding)."""
         if not self._outstanding:
             raise RuntimeError("waiting for the data helper with nothing outstanding")
+        self._flush()
         before = len(self._outstanding)
         while len(self._outstanding) == before:
             self._read_replies(block=True)
@@ -335,10 +337,22 @@ class DataPipe:
         self._command_fd = command_w
         self._reply_fd = reply_r
 
-    def _send(self, job: Job, ranges: list[tuple[int, int, int]]) -> None:
-        message = HEADER.pack(job.op, len(ranges)) + b"".join([RANGE.pack(*r) for r in ranges])
+    def _send(self, job: Job, ranges: list[tuple[int, int, int]], *, now: bool = True) -> None:
+        """Queue a command for the helper; it goes out now, or (``now=False``: writes, which
+        nothing waits for soon) with the next command that does: each write to the pipe can
+        cost a wake-up of the helper."""
+        self._unsent += HEADER.pack(job.op, len(ranges))
+        self._unsent += b"".join([RANGE.pack(*r) for r in ranges])
         self._outstanding.append(job)
         self._backlog += job.nbytes
+        if now:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._unsent:
+            return
+        message = bytes(self._unsent)
+        self._unsent.clear()
         view = memoryview(message)
         while view:
             try:
