@@ -86,7 +86,8 @@ def image_from_tar(tar_path: Path, image: Path, durable: bool) -> None:
     """Stream a tar into an image, as the layer importer does."""
     with CimWriter.create(image, durable=durable) as writer, tarfile.open(tar_path) as archive:
         for member in archive:
-            name = "\\".join(p for p in member.name.split("/") if p not in ("", "."))
+            # Names are "." and "./dir/file" (tar -C SRC .); the writer accepts "/" too.
+            name = "" if member.name == "." else member.name.removeprefix("./").rstrip("/")
             when = filetime_from_ns(int(member.mtime) * 10**9)
             if member.isdir():
                 meta = FileMetadata.directory(last_write_time=when, creation_time=when)
