@@ -100,7 +100,8 @@ class DataPipe:
         size = ring_bytes or RING_BYTES
         self._size = size
         self._memfd = -1
-        self._helper_allowed = USE_HELPER and bool(sys.executable)
+        # (A helper needs an interpreter and the script as a file, not inside a zip.)
+        self._helper_allowed = USE_HELPER and bool(sys.executable) and HELPER_SCRIPT.is_file()
         try:
             self._memfd = os.memfd_create("cimsnap-ring", os.MFD_CLOEXEC)
             os.ftruncate(self._memfd, size)
