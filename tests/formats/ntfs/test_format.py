@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,19 @@ def test_security_descriptors_render_as_expected_sddl() -> None:
         "O:SYG:SYD:(A;;FA;;;BA)(A;OICIIO;GA;;;BA)(A;;FA;;;SY)(A;OICIIO;GA;;;SY)(A;;0x1301bf;;;AU)"
         "(A;OICIIO;SDGXGWGR;;;AU)(A;;0x1200a9;;;BU)(A;OICIIO;GXGR;;;BU)"
     )
+
+
+@pytest.mark.parametrize(
+    "sd", [SD_SYSTEM_ONLY_DIRECTORY, SD_SYSTEM_READONLY, SD_SYSTEM_READWRITE, SD_ROOT]
+)
+def test_security_descriptors_are_laid_out_as_windows_keeps_them_in_sds(sd: bytes) -> None:
+    """Header, DACL, owner, group, nothing between or after (the order Windows 10 wrote)."""
+    revision, _sbz, control, owner, group, sacl, dacl = struct.unpack_from("<BBHIIII", sd)
+    assert (revision, sacl, dacl) == (1, 0, 20) and control & 0x8004 == 0x8004
+    dacl_size = struct.unpack_from("<H", sd, dacl + 2)[0]
+    owner_size = 8 + 4 * sd[owner + 1]
+    assert owner == dacl + dacl_size and group == owner + owner_size
+    assert len(sd) == group + 8 + 4 * sd[group + 1]
 
 
 def test_own_reader(volume: Path) -> None:

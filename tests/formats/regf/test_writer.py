@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from cimsnap.errors import FormatError, NotFoundError, UsageError
 from cimsnap.formats.regf import Hive, RegType
 from cimsnap.formats.regf.security import DEFAULT_SECURITY_DESCRIPTOR, ace, acl, security_descriptor
+from cimsnap.formats.wintar import sd_to_sddl
 
 BASE = 4096
 
@@ -51,6 +52,26 @@ def test_new_hive_layout() -> None:
     assert hive.root.security_descriptor == DEFAULT_SECURITY_DESCRIPTOR
     assert hive.minor_version == 5 and hive.sequence_numbers == (2, 2)
     assert hive.check() == []
+
+
+# The new-hive root descriptor is our choice (regf/security.py), written in SDDL and laid out
+# owner, group, DACL; hives already written carry these exact bytes, so they must not drift.
+DEFAULT_ROOT_SDDL = "O:BAG:SYD:(A;CI;KA;;;SY)(A;CI;KA;;;BA)(A;CI;KR;;;BU)(A;CIIO;GA;;;CO)"
+DEFAULT_ROOT_SD = (
+    "01000480 14000000 24000000 00000000 30000000"  # header: owner 0x14, group 0x24, DACL 0x30
+    "01020000000000052000000020020000"  # owner BA
+    "010100000000000512000000"  # group SY
+    "02006000 0400 0000"  # ACL revision 2, 0x60 bytes, 4 ACEs
+    "00021400 3f000f00 010100000000000512000000"
+    "00021800 3f000f00 01020000000000052000000020020000"
+    "00021800 19000200 01020000000000052000000021020000"
+    "000a1400 00000010 010100000000000300000000"
+)
+
+
+def test_default_root_security_descriptor_is_stable() -> None:
+    assert bytes.fromhex(DEFAULT_ROOT_SD) == DEFAULT_SECURITY_DESCRIPTOR
+    assert sd_to_sddl(DEFAULT_SECURITY_DESCRIPTOR) == DEFAULT_ROOT_SDDL
 
 
 def test_hash_leaves_sorted_with_spec_hashes() -> None:
