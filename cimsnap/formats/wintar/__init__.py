@@ -51,14 +51,23 @@ Writing::
 
 The output matches hcsshim's exporter byte for byte (see writer.py for the header layout), and
 reading it back gives the same entries.  Helpers: :func:`sddl_to_sd`, :func:`sd_to_sddl`,
-:func:`encode_reparse_point`, :func:`decode_reparse_point`, :func:`encode_ea_buffer`,
-:func:`decode_ea_buffer`, FILETIME conversions in :mod:`.times`.
+:func:`parse_security_descriptor` (re-exported from :mod:`cimsnap.formats.secdesc`, the shared
+security descriptor package), :func:`encode_reparse_point`, :func:`decode_reparse_point`,
+:func:`encode_ea_buffer`, :func:`decode_ea_buffer`, FILETIME conversions in :mod:`.times`.
 """
 
 from __future__ import annotations
 
+from cimsnap.formats.secdesc import (
+    SecurityDescriptor,
+    SecurityDescriptorError,
+    parse_sddl,
+    parse_security_descriptor,
+    sd_to_sddl,
+    sddl_to_sd,
+)
 from cimsnap.formats.wintar.ea import ExtendedAttribute, decode_ea_buffer, encode_ea_buffer
-from cimsnap.formats.wintar.errors import SecurityDescriptorError, WinTarError
+from cimsnap.formats.wintar.errors import WinTarError
 from cimsnap.formats.wintar.model import EntryKind, WinMetadata, WinTarEntry
 from cimsnap.formats.wintar.reader import WinTarReader, read_layer_tar
 from cimsnap.formats.wintar.reparse import (
@@ -68,8 +77,6 @@ from cimsnap.formats.wintar.reparse import (
     decode_reparse_point,
     encode_reparse_point,
 )
-from cimsnap.formats.wintar.sddl import parse_sddl, sd_to_sddl, sddl_to_sd
-from cimsnap.formats.wintar.secdesc import SecurityDescriptor, parse_security_descriptor
 from cimsnap.formats.wintar.times import (
     FileTimes,
     filetime_from_datetime,

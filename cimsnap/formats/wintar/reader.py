@@ -27,6 +27,7 @@ import os
 from collections.abc import Iterator
 from typing import BinaryIO, NoReturn
 
+from cimsnap.formats.secdesc import SecurityDescriptorError, parse_security_descriptor, sddl_to_sd
 from cimsnap.formats.wintar import paths
 from cimsnap.formats.wintar.ea import ExtendedAttribute, check_ea_name, check_unique_names
 from cimsnap.formats.wintar.errors import WinTarError
@@ -45,8 +46,6 @@ from cimsnap.formats.wintar.records import (
     WHITEOUT_PREFIX,
 )
 from cimsnap.formats.wintar.reparse import encode_reparse_point
-from cimsnap.formats.wintar.sddl import sddl_to_sd
-from cimsnap.formats.wintar.secdesc import parse_security_descriptor
 from cimsnap.formats.wintar.tarstream import (
     TYPE_DIR,
     TYPE_LINK,
@@ -110,6 +109,8 @@ class WinTarReader:
             if exc.offset is None:
                 self._fail(member, exc.message)
             raise
+        except SecurityDescriptorError as exc:
+            self._fail(member, exc.message)
 
     def _classify(self, member: TarMember) -> WinTarEntry:
         name = member.name

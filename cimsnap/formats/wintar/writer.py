@@ -28,6 +28,7 @@ import base64
 import io
 from typing import BinaryIO
 
+from cimsnap.formats.secdesc import SecurityDescriptorError, parse_security_descriptor
 from cimsnap.formats.wintar import paths
 from cimsnap.formats.wintar.ea import check_ea_name, check_unique_names
 from cimsnap.formats.wintar.errors import WinTarError
@@ -49,7 +50,6 @@ from cimsnap.formats.wintar.records import (
     WHITEOUT_PREFIX,
 )
 from cimsnap.formats.wintar.reparse import encode_reparse_point
-from cimsnap.formats.wintar.secdesc import parse_security_descriptor
 from cimsnap.formats.wintar.tarstream import (
     TYPE_DIR,
     TYPE_LINK,
@@ -193,7 +193,7 @@ class WinTarWriter:
         if sd:
             try:
                 parse_security_descriptor(sd)
-            except WinTarError as exc:
+            except SecurityDescriptorError as exc:
                 raise WinTarError(exc.message, inner=path) from None
             spec.pax_records[PAX_RAW_SD] = base64.b64encode(sd).decode("ascii")
         for ea in meta.eas:

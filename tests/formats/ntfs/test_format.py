@@ -20,7 +20,7 @@ from cimsnap.formats.ntfs.security import (
     SD_SYSTEM_READONLY,
     SD_SYSTEM_READWRITE,
 )
-from cimsnap.formats.wintar.sddl import sd_to_sddl
+from cimsnap.formats.secdesc import sd_to_sddl
 from tests.formats.ntfs.helpers import MiB, make_volume, ntfs_checks, run_tool
 
 SYSTEM_FILES = [

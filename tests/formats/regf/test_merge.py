@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cimsnap.formats.regf import Hive, Key, LayerSemantics, RegType, merge_hives, merge_into
-from cimsnap.formats.regf.security import ace, acl, security_descriptor
+from cimsnap.formats.secdesc import sddl_to_sd
 
 from .readers import cimsnap_raw, dissect_tree
 
@@ -113,7 +113,7 @@ def test_timestamps_are_the_later_of_both(merged: Hive) -> None:
 def test_new_keys_take_the_delta_security_descriptor() -> None:
     base = _base()
     delta = Hive.create(minor_version=6, layered=True)
-    special = security_descriptor("S-1-5-18", "S-1-5-18", acl([ace(0xF003F, "S-1-5-18")]))
+    special = sddl_to_sd("O:SYG:SYD:(A;CI;KA;;;SY)")
     key = delta.create_key("Software\\Secured")
     delta.set_security_descriptor(key, special)
     merge_into(base, delta)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cimsnap.formats.regf import Hive, LayerSemantics, RegfError, RegType
-from cimsnap.formats.regf.security import owner_sid_string
+from cimsnap.formats.secdesc import parse_security_descriptor
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_yarp_empty_hive(registry_data: Path) -> None:
     assert hive.root.subkey_count == 0 and hive.root.subkeys() == []
     written = dt.datetime(2017, 3, 4, 16, 37, 31, tzinfo=dt.UTC)
     assert abs(hive.root.last_written - written) < dt.timedelta(seconds=1)
-    assert owner_sid_string(hive.root.security_descriptor) == "S-1-5-32-544"
+    assert str(parse_security_descriptor(hive.root.security_descriptor).owner) == "S-1-5-32-544"
 
 
 def test_yarp_big_data_hive(registry_data: Path) -> None:

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from cimsnap.errors import FormatError, NotFoundError, UsageError
 from cimsnap.formats.regf import Hive, RegType
-from cimsnap.formats.regf.security import DEFAULT_SECURITY_DESCRIPTOR, ace, acl, security_descriptor
-from cimsnap.formats.wintar import sd_to_sddl
+from cimsnap.formats.regf.security import DEFAULT_SECURITY_DESCRIPTOR
+from cimsnap.formats.secdesc import sd_to_sddl, sddl_to_sd
 
 BASE = 4096
 
@@ -135,7 +135,7 @@ def test_security_descriptors_are_shared_and_counted() -> None:
     hive = Hive.create()
     for i in range(10):
         hive.create_key(f"A\\{i}")
-    other = security_descriptor("S-1-5-18", "S-1-5-18", acl([ace(0xF003F, "S-1-5-18")]))
+    other = sddl_to_sd("O:SYG:SYD:(A;CI;KA;;;SY)")
     hive.set_security_descriptor(hive.key("A\\3"), other)
     hive.set_security_descriptor(hive.key("A\\4"), other)
     child = hive.create_key("A\\3\\child")  # takes its parent's descriptor

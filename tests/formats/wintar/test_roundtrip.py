@@ -14,6 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cimsnap.formats.secdesc import Ace, Acl, SecurityDescriptor, Sid
 from cimsnap.formats.wintar import (
     EntryKind,
     ExtendedAttribute,
@@ -24,7 +25,6 @@ from cimsnap.formats.wintar import (
     WinTarWriter,
     encode_reparse_point,
 )
-from cimsnap.formats.wintar.secdesc import Ace, Acl, SecurityDescriptor, Sid
 from cimsnap.formats.wintar.times import FILETIME_MAX
 from tests.formats.wintar import hcsshim_layout as hl
 from tests.formats.wintar.conftest import GoTar

@@ -1,22 +1,24 @@
 """SDDL text <-> self-relative security descriptors (MS-DTYP 2.5.1, sddl.h).
 
 Old Windows layer tars store security descriptors as SDDL in the ``MSWINDOWS.sd`` record
-(go-winio converted them with ConvertStringSecurityDescriptorToSecurityDescriptorW).  This module
-implements the subset such descriptors use:
+(go-winio converted them with ConvertStringSecurityDescriptorToSecurityDescriptorW), and the NTFS
+formatter and the hive writer state their fixed descriptors in SDDL.  This module implements the
+subset such descriptors use:
 
 * owner ``O:`` and group ``G:`` as SID strings (``S-1-5-32-544``) or the well-known two-letter
   aliases of sddl.h that need no domain (``BA``, ``SY``, ``LS``, ``NS``, ``BU``, ``WD``, ``AU``,
   ``CO``, ...); domain- and machine-relative aliases (``DA``, ``LA``...) are refused because a
-  layer has no domain.  NT SERVICE\\TrustedInstaller has no alias: it is written as its SID
-  :data:`TRUSTED_INSTALLER_SID`, and so is every SID without an alias.
+  layer (or a fresh volume or hive) has no domain.  NT SERVICE\\TrustedInstaller has no alias:
+  it is written as its SID :data:`TRUSTED_INSTALLER_SID`, and so is every SID without an alias.
 * ``D:`` and ``S:`` with the flags ``P``, ``AI``, ``AR`` and ``NO_ACCESS_CONTROL`` (a NULL ACL);
 * ACEs ``(type;flags;rights;;;sid)`` of the types ``A``, ``D``, ``AU``, ``AL``, ``ML``, the flags
   ``OI CI NP IO ID CR SA FA``, and rights as hex/octal/decimal numbers or strings such as ``FA``,
   ``FR``, ``FW``, ``FX``, ``GA``, ``GR``, ``GW``, ``GX``, ``RC``, ``SD``, ``WD``, ``WO``, ``KA``...
 
 Object ACEs (``OA``...), conditional and resource-attribute ACEs are refused with a clear error.
-The binary form is built with :class:`~cimsnap.formats.wintar.secdesc.SecurityDescriptor`
-(ACL revision 2, parts laid out as ``SELF_RELATIVE_LAYOUT`` says).
+The binary form is built with :class:`~cimsnap.formats.secdesc.descriptor.SecurityDescriptor`
+(ACL revision 2, parts laid out as the caller's :class:`~cimsnap.formats.secdesc.descriptor.Layout`
+says, SACL and DACL first by default).
 
 :func:`sd_to_sddl` renders a binary descriptor for display the way Windows'
 ConvertSecurityDescriptorToStringSecurityDescriptor does: aliases where one exists, whole-mask
@@ -27,8 +29,7 @@ from __future__ import annotations
 
 import re
 
-from cimsnap.formats.wintar.errors import SecurityDescriptorError
-from cimsnap.formats.wintar.secdesc import (
+from cimsnap.formats.secdesc.descriptor import (
     ACCESS_ALLOWED_ACE_TYPE,
     ACCESS_DENIED_ACE_TYPE,
     ACL_REVISION,
@@ -46,10 +47,12 @@ from cimsnap.formats.wintar.secdesc import (
     SYSTEM_MANDATORY_LABEL_ACE_TYPE,
     Ace,
     Acl,
+    Layout,
     SecurityDescriptor,
     Sid,
     parse_security_descriptor,
 )
+from cimsnap.formats.secdesc.errors import SecurityDescriptorError
 
 TRUSTED_INSTALLER_SID = "S-1-5-80-956008885-3418522649-1831038044-1853292631-2271478464"
 
@@ -327,9 +330,9 @@ def parse_sddl(text: str) -> SecurityDescriptor:
     return SecurityDescriptor(control, owner, group, sacl, dacl)
 
 
-def sddl_to_sd(text: str) -> bytes:
-    """Self-relative binary security descriptor of an SDDL string."""
-    return parse_sddl(text).pack()
+def sddl_to_sd(text: str, layout: Layout = Layout.ACLS_FIRST) -> bytes:
+    """Self-relative binary security descriptor of an SDDL string, parts in ``layout`` order."""
+    return parse_sddl(text).pack(layout)
 
 
 def _rights_to_string(mask: int, ace_type: int) -> str:

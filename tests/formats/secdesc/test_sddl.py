@@ -11,16 +11,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cimsnap.formats.wintar import SecurityDescriptorError, parse_security_descriptor
-from cimsnap.formats.wintar.sddl import (
-    SID_ALIASES,
+from cimsnap.formats.secdesc import (
     TRUSTED_INSTALLER_SID,
+    Ace,
+    Acl,
+    SecurityDescriptor,
+    SecurityDescriptorError,
+    Sid,
     parse_sddl,
+    parse_security_descriptor,
     sd_to_sddl,
     sddl_to_sd,
     sid_from_string,
 )
-from cimsnap.formats.wintar.secdesc import Ace, Acl, SecurityDescriptor, Sid
+from cimsnap.formats.secdesc.sddl import SID_ALIASES
 from tests.conftest import require_tool
 
 

@@ -1,19 +1,20 @@
 """Self-relative Windows security descriptors: SIDs, ACEs, ACLs (MS-DTYP 2.4.2, 2.4.4-2.4.6).
 
 Layer tars carry each file's security descriptor as a self-relative SECURITY_DESCRIPTOR (the
-``MSWINDOWS.rawsd`` record).  :func:`parse_security_descriptor` checks one structurally (header,
-offsets inside the buffer, SID and ACL shapes, ACE sizes) and returns its parts; ACE types it
-does not know are kept as raw bytes, so any descriptor Windows writes passes.
-:meth:`SecurityDescriptor.pack` builds the binary form; the placement of the parts after the
-20-byte header is a choice, isolated in :data:`SELF_RELATIVE_LAYOUT`.
+``MSWINDOWS.rawsd`` record), hive ``sk`` records and NTFS ``$SDS`` hold the same structure.
+:func:`parse_security_descriptor` checks one structurally (header, offsets inside the buffer, SID
+and ACL shapes, ACE sizes) and returns its parts; ACE types it does not know are kept as raw
+bytes, so any descriptor Windows writes passes.  :meth:`SecurityDescriptor.pack` builds the
+binary form; where the parts go after the 20-byte header is a choice, named in :class:`Layout`.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from enum import Enum
 
-from cimsnap.formats.wintar.errors import SecurityDescriptorError
+from cimsnap.formats.secdesc.errors import SecurityDescriptorError
 
 # SECURITY_DESCRIPTOR_RELATIVE (MS-DTYP 2.4.6): Revision, Sbz1, Control, OffsetOwner,
 # OffsetGroup, OffsetSacl, OffsetDacl.
@@ -61,10 +62,22 @@ MASK_AND_SID_ACE_TYPES = frozenset(
     }
 )
 
-# Where pack() puts the parts after the header.  Windows' RtlMakeSelfRelativeSD (as ReactOS
-# documents it) copies SACL, DACL, owner, group in that order; NTFS returns descriptors laid out
-# so.  Readers follow the offsets, so any order is valid.  (Choice; MS-DTYP does not fix one.)
-SELF_RELATIVE_LAYOUT = ("sacl", "dacl", "owner", "group")
+
+class Layout(Enum):
+    """Where :meth:`SecurityDescriptor.pack` puts the parts after the header, in order.
+
+    Readers follow the offsets, so any order is valid (MS-DTYP 2.4.6 does not fix one); the
+    formats that keep descriptors byte for byte need a particular one.
+    """
+
+    # SACL, DACL, owner, group: Windows' RtlMakeSelfRelativeSD (as ReactOS documents it) copies
+    # the parts in this order, NTFS keeps descriptors so in $SDS (checked byte for byte against a
+    # volume Windows 10 formatted), and the root key descriptor of the hive offreg wrote in the
+    # test data (registry/offreg/testhive) is laid out so.
+    ACLS_FIRST = ("sacl", "dacl", "owner", "group")
+    # Owner, group, SACL, DACL: MS-DTYP's field order.  regf/security.py has always laid out the
+    # root descriptor of a new hive so; kept so that hives cimsnap writes stay byte-identical.
+    SIDS_FIRST = ("owner", "group", "sacl", "dacl")
 
 
 def _error(message: str) -> SecurityDescriptorError:
@@ -195,8 +208,8 @@ class SecurityDescriptor:
     sacl: Acl | None = None
     dacl: Acl | None = None
 
-    def pack(self) -> bytes:
-        """Self-relative binary form, parts placed in :data:`SELF_RELATIVE_LAYOUT` order."""
+    def pack(self, layout: Layout = Layout.ACLS_FIRST) -> bytes:
+        """Self-relative binary form, parts placed in ``layout`` order."""
         parts = {
             "owner": self.owner.pack() if self.owner else b"",
             "group": self.group.pack() if self.group else b"",
@@ -205,7 +218,7 @@ class SecurityDescriptor:
         }
         offsets = dict.fromkeys(parts, 0)
         body = b""
-        for name in SELF_RELATIVE_LAYOUT:
+        for name in layout.value:
             if parts[name]:
                 offsets[name] = SD_HEADER.size + len(body)
                 body += parts[name]
