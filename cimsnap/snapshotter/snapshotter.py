@@ -244,49 +244,55 @@ class CimFSSnapshotter:
                     f"failed to create snapshot dir {snapshot_dir}: {err.strerror}"
                 ) from err
             try:
+                made = []
                 if not is_unpack_key(key):
-                    self._make_scratch(snapshot, snapshot_dir, labels)
+                    made = self._make_scratch(snapshot, snapshot_dir, labels)
                 if self.durable:
-                    self._sync_new_snapshot(snapshot_dir)
+                    self._sync_new_snapshot(snapshot_dir, made)
             except BaseException:
                 _rmtree(snapshot_dir)
                 raise
         return self._mounts(snapshot)
 
     @staticmethod
-    def _sync_new_snapshot(snapshot_dir: Path) -> None:
+    def _sync_new_snapshot(snapshot_dir: Path, made: Sequence[Path]) -> None:
         """Make everything the new record will point at durable, before the record commits.
 
-        Until the metadata commit all of it is garbage anyway (Cleanup's rule), so the files
-        are synced once here, after they are complete and in place, rather than one by one:
-        the first fsync commits the filesystem journal for all of them, the rest are cheap.
+        ``made`` lists the files created in ``snapshot_dir`` (nothing else writes there before
+        the commit).  Until the metadata commit all of it is garbage anyway (Cleanup's rule), so
+        the files are synced once here, after they are complete and in place, rather than one
+        by one: the first fsync commits the filesystem journal for all of them, the rest are
+        cheap.  The list is passed rather than found by walking the directory: the walk cost
+        about a sixth of a Prepare.
         """
-        files = [p for p in snapshot_dir.rglob("*") if p.is_file()]
-        directories = [p for p in snapshot_dir.rglob("*") if p.is_dir()]
-        for path in (*files, *directories, snapshot_dir, snapshot_dir.parent):
+        directories = sorted({p.parent for p in made} - {snapshot_dir}, reverse=True)
+        for path in (*made, *directories, snapshot_dir, snapshot_dir.parent):
             _fsync(path)
 
     def _make_scratch(
         self, snapshot: Snapshot, snapshot_dir: Path, labels: Mapping[str, str]
-    ) -> None:
+    ) -> list[Path]:
+        """Create the snapshot's scratch disk(s); returns the files made."""
         if not snapshot.parent_ids:
             raise SnapshotterError(
                 "scratch snapshot without any parents isn't supported", kind=KIND_NOT_IMPLEMENTED
             )
         parent_paths = [Path(p) for p in self._parent_paths(snapshot.parent_ids)]
         size = requested_scratch_size(labels)
+        made = []
         # The UVM scratch is made first so it can't clash with the container's sandbox.vhdx.
         if LABEL_UVM_SCRATCH in labels:
             try:
-                self._make_uvm_scratch(snapshot_dir, parent_paths)
+                made.append(self._make_uvm_scratch(snapshot_dir, parent_paths))
             except CimsnapError as err:
                 raise _wrap("failed to make UVM's scratch layer", err) from err
         try:
-            self._make_container_scratch(snapshot_dir, parent_paths, size)
+            made.append(self._make_container_scratch(snapshot_dir, parent_paths, size))
         except CimsnapError as err:
             raise _wrap("failed to create scratch layer", err) from err
+        return made
 
-    def _make_uvm_scratch(self, snapshot_dir: Path, parent_paths: Sequence[Path]) -> None:
+    def _make_uvm_scratch(self, snapshot_dir: Path, parent_paths: Sequence[Path]) -> Path:
         base_layer = parent_paths[-1]
         uvm_path = base_layer / UVM_DIR
         if not uvm_path.is_dir():
@@ -300,10 +306,11 @@ class CimFSSnapshotter:
         vm_dir = snapshot_dir / "vm"
         vm_dir.mkdir(mode=0o700, exist_ok=True)
         self._copy(template, vm_dir / "sandbox.vhdx")
+        return vm_dir / "sandbox.vhdx"
 
     def _make_container_scratch(
         self, snapshot_dir: Path, parent_paths: Sequence[Path], size: int
-    ) -> None:
+    ) -> Path:
         if self.mode is Mode.CIMFS:
             template = self._template_in(self.layout.root)
         else:
@@ -321,6 +328,7 @@ class CimFSSnapshotter:
                     f"failed to expand sandbox vhdx size to {size} bytes: {err}",
                     kind=err.kind,
                 ) from err
+        return dest
 
     def _copy(self, source: Path, dest: Path) -> None:
         # durable=False: _sync_new_snapshot syncs every new file at once before the commit

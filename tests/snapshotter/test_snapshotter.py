@@ -341,3 +341,38 @@ def test_mount_json_matches_go_escaping(sn: CimFSSnapshotter) -> None:
         '["a\\u003cb\\u003e\\u0026c","é","x\\u2028"]'
     )
     assert json.loads(go_json_string_list(["a<b>&c"])) == ["a<b>&c"]
+
+
+def test_durable_prepare_syncs_every_new_file_and_directory_before_the_record(
+    sn: CimFSSnapshotter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cimsnap.snapshotter.snapshotter as snapshotter_module
+
+    names = unpack_layers(sn, 2)
+    make_uvm_template(sn.root / "snapshots" / snapshot_id(sn, names[0]))
+    from cimsnap.snapshotter.metastore import MetaStore
+
+    synced: list[Path] = []
+    real_fsync = snapshotter_module._fsync
+    other_reader = MetaStore(sn.layout.metadata_db)
+
+    def recording_fsync(path: Path) -> None:
+        # the record must not be visible yet: the files are synced before the commit
+        with other_reader.transaction() as tx:
+            assert "ctr-uvm" not in {info.name for info in tx.walk_info()}
+        synced.append(path)
+        real_fsync(path)
+
+    monkeypatch.setattr(snapshotter_module, "_fsync", recording_fsync)
+    try:
+        (mount,) = sn.prepare("ctr-uvm", names[-1], {LABEL_UVM_SCRATCH: "true"})
+    finally:
+        other_reader.close()
+    snapshot_dir = Path(mount.source)
+    assert synced == [
+        snapshot_dir / "vm" / "sandbox.vhdx",
+        snapshot_dir / "sandbox.vhdx",
+        snapshot_dir / "vm",
+        snapshot_dir,
+        snapshot_dir.parent,
+    ]
