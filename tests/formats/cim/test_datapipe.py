@@ -228,3 +228,36 @@ def test_writer_with_helper_commits_and_aborts_cleanly(
     writer.abort()
     assert process.returncode is not None
     assert list(other.iterdir()) == []
+
+
+def test_early_writeback_hints_cover_only_placed_data_in_order(
+    mode: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The data region is handed to writeback as it grows: ranges in order, never past what
+    was placed (minus the lag), and the image reads the same as without the hints."""
+    from cimsnap.formats.cim import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "WRITEBACK_STEP", 1 << 20)
+    monkeypatch.setattr(writer_module, "WRITEBACK_LAG", 1 << 20)
+    hints: list[tuple[int, int]] = []
+    real = writer_module.start_writeback
+
+    def recording(fd: int, offset: int, length: int) -> None:
+        hints.append((offset, length))
+        real(fd, offset, length)
+
+    monkeypatch.setattr(writer_module, "start_writeback", recording)
+    files = {f"f{i}": os.urandom(300_000 + 4093 * i) for i in range(30)}
+    files["streamed"] = os.urandom(5 << 20)  # longer than one chunk: written as it streams
+    with CimWriter.create(tmp_path / "t.cim") as writer:
+        for name, data in files.items():
+            writer.add(name, FileMetadata(), io.BytesIO(data))
+    assert len(hints) >= 5
+    ends = 0
+    for offset, length in hints:
+        assert offset == ends and length >= 1 << 20  # contiguous, in order, a step or more
+        ends = offset + length
+    assert ends <= max(region.stat().st_size for region in tmp_path.glob("region_*"))
+    with CimImage.open(tmp_path / "t.cim") as image:
+        for name, data in files.items():
+            assert image.read(name) == data
