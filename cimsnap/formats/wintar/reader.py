@@ -47,6 +47,7 @@ from cimsnap.formats.wintar.records import (
 )
 from cimsnap.formats.wintar.reparse import encode_reparse_point
 from cimsnap.formats.wintar.tarstream import (
+    PAX_MTIME,
     TYPE_DIR,
     TYPE_LINK,
     TYPE_REG,
@@ -243,7 +244,7 @@ class WinTarReader:
         mtime_ns = member.mtime_ns
         creation_ns = mtime_ns
         text = member.pax.get(PAX_CREATION_TIME)
-        if text is not None:
+        if text is not None and text != member.pax.get(PAX_MTIME):  # (a repeat: parsed already)
             try:
                 creation_ns = parse_pax_time(text)
             except ValueError as exc:

@@ -451,15 +451,24 @@ class TarReader:
         if size < 0 or size > MAX_ENTRY_SIZE:
             raise self.error(f"invalid entry size {size}", offset, inner)
         if pax:
-            text = pax.get(PAX_MTIME)
-            if text:
-                mtime_ns = _pax_time(text, PAX_MTIME, offset, self, inner)
+            # Windows layers usually carry one time in all of these: parse a repeat once.
+            mtime_text = pax.get(PAX_MTIME)
+            if mtime_text:
+                mtime_ns = _pax_time(mtime_text, PAX_MTIME, offset, self, inner)
             text = pax.get(PAX_ATIME)
             if text:
-                atime_ns = _pax_time(text, PAX_ATIME, offset, self, inner)
+                atime_ns = (
+                    mtime_ns
+                    if text == mtime_text
+                    else _pax_time(text, PAX_ATIME, offset, self, inner)
+                )
             text = pax.get(PAX_CTIME)
             if text:
-                ctime_ns = _pax_time(text, PAX_CTIME, offset, self, inner)
+                ctime_ns = (
+                    mtime_ns
+                    if text == mtime_text
+                    else _pax_time(text, PAX_CTIME, offset, self, inner)
+                )
         data_size = 0 if typeflag in HEADER_ONLY_TYPES else size
         return TarMember(
             name,
