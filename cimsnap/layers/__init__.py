@@ -6,6 +6,7 @@ parent's CIM (:mod:`cimsnap.formats.cim`), plus the files that live outside it i
 directory ``<snapshots>/<id>``.  Modules:
 
 * :mod:`.layout`     the names (hives, BCD, boot manager, VHDs, ``layout``, CIM locations)
+* :mod:`.entries`    what both layer writers share: entries dispatched by kind, the result
 * :mod:`.cimlayer`   the CIM layer writer: pending operations, base/non-base processing
 * :mod:`.hives`      base-hive links, delta merges, the utility VM's build and CIM-boot values
 * :mod:`.uvm`        the utility VM scratch template and boot-from-CIM BCD

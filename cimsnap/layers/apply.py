@@ -24,7 +24,8 @@ from typing import BinaryIO, Protocol
 
 from cimsnap.formats.wintar import WinTarReader
 from cimsnap.layers.blobs import UNCOMPRESSED_LAYER, BlobDigests, LayerBlob, verify
-from cimsnap.layers.cimlayer import CimLayerWriter, ImportResult
+from cimsnap.layers.cimlayer import CimLayerWriter
+from cimsnap.layers.entries import ImportResult
 from cimsnap.layers.errors import LayerError
 from cimsnap.layers.legacy import LegacyLayerWriter
 

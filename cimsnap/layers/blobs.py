@@ -97,13 +97,17 @@ class _Hashing(io.RawIOBase):
             pass
 
 
-class _Peeked(io.RawIOBase):
-    """``head`` followed by the rest of ``rest``."""
+class PrefixedReader(io.RawIOBase):
+    """``head`` (bytes already read to look at the start) followed by the rest of ``rest``.
 
-    def __init__(self, head: bytes, rest: io.RawIOBase) -> None:
+    ``owns_rest``: closing this closes ``rest`` too.
+    """
+
+    def __init__(self, head: bytes, rest: io.RawIOBase, *, owns_rest: bool = False) -> None:
         super().__init__()
         self.head = head
         self.rest = rest
+        self.owns_rest = owns_rest
 
     def readable(self) -> bool:
         return True
@@ -116,6 +120,11 @@ class _Peeked(io.RawIOBase):
             self.head = self.head[n:]
             return n
         return self.rest.readinto(view)
+
+    def close(self) -> None:
+        if self.owns_rest and not self.closed:
+            self.rest.close()
+        super().close()
 
 
 def _decompressor(source: io.RawIOBase, compression: str) -> BinaryIO:
@@ -219,7 +228,7 @@ class LayerBlob(io.RawIOBase):
             )
         # An uncompressed blob is its own tar: its digest is the diff ID, hashed once.
         self._plain = _Hashing(
-            _decompressor(_Peeked(bytes(head[:got]), self._compressed), self.compression),
+            _decompressor(PrefixedReader(bytes(head[:got]), self._compressed), self.compression),
             algorithm if self.compression != "none" else None,
         )
         self._algorithm = algorithm

@@ -32,14 +32,15 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from cimsnap.errors import CimsnapError, NotFoundError
 from cimsnap.formats.cim import CimImage, CimWriter, FileMetadata
-from cimsnap.formats.wintar import EntryKind, WinTarEntry, WinTarReader, filetime_from_unix_ns
+from cimsnap.formats.wintar import EntryKind, WinTarEntry, filetime_from_unix_ns
 from cimsnap.layers import hostfiles, layout
+from cimsnap.layers.entries import ImportResult, LayerEntryWriter, write_layer
 from cimsnap.layers.errors import LayerError
 from cimsnap.layers.hives import link_base_hives, merge_delta_hives, uvm_build_number
 from cimsnap.layers.metadata import cim_metadata, generated_metadata, parent_directory_metadata
@@ -57,19 +58,6 @@ def filetime_now() -> int:
     return filetime_from_unix_ns(time.time_ns())
 
 
-@dataclass
-class ImportResult:
-    """What an import made."""
-
-    layer_dir: Path
-    size: int  # total size of the layer's files (hcsshim's return value)
-    entries: int = 0
-    cim_path: Path | None = None
-    uvm_build: int | None = None
-    uvm: UvmResult | None = None
-    merged_hives: list[str] = field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class _PendingAdd:
     path: str
@@ -83,7 +71,7 @@ class _PendingLink:
     existing: str
 
 
-class CimLayerWriter:
+class CimLayerWriter(LayerEntryWriter):
     """Writes one CIM layer from tar entries; finish with :meth:`close` or :meth:`abort`.
 
     ``layer_dir`` must be absent or empty.  ``parents`` are the parent layer directories,
@@ -139,38 +127,6 @@ class CimLayerWriter:
             raise
 
     # --- entries ----------------------------------------------------------------------------
-
-    def add_entry(self, entry: WinTarEntry) -> None:
-        """Apply one tar entry (its data is read now)."""
-        self.entries += 1
-        try:
-            self._dispatch(entry)
-        except LayerError as err:
-            if err.offset is None:
-                err.path = Path(self.source_name) if self.source_name else None
-                err.offset = entry.offset
-                err.inner = err.inner or entry.stream_path
-            raise
-        except CimsnapError as err:
-            raise LayerError(
-                err.message,
-                path=self.source_name,
-                offset=entry.offset,
-                inner=entry.stream_path,
-            ) from err
-
-    def _dispatch(self, entry: WinTarEntry) -> None:
-        kind = entry.kind
-        if kind in (EntryKind.FILE, EntryKind.DIRECTORY, EntryKind.SYMLINK):
-            self._add(entry)
-        elif kind is EntryKind.STREAM:
-            self._add_stream(entry)
-        elif kind is EntryKind.HARDLINK:
-            self._add_link(entry)
-        elif kind is EntryKind.WHITEOUT:
-            self._remove(entry.path)
-        else:
-            self._opaque(entry.path)
 
     def _add(self, entry: WinTarEntry) -> None:
         path = entry.path
@@ -401,13 +357,4 @@ def import_cim_layer(
         clock=clock,
         source_name=name,
     )
-    try:
-        reader = WinTarReader(stream, name=name)
-        for entry in reader:
-            writer.add_entry(entry)
-            if progress is not None:
-                progress(reader.position)
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.close()
+    return write_layer(writer, stream, name=name, progress=progress)

@@ -55,13 +55,12 @@ from cimsnap.formats.wintar import (
     WinMetadata,
     WinTarEntry,
     WinTarError,
-    WinTarReader,
     WinTarWriter,
     decode_ea_buffer,
     decode_reparse_point,
 )
 from cimsnap.layers import hostfiles, layout
-from cimsnap.layers.cimlayer import ImportResult
+from cimsnap.layers.entries import ImportResult, LayerEntryWriter, write_layer
 from cimsnap.layers.errors import LayerError
 from cimsnap.layers.export import ExportResult
 from cimsnap.layers.hives import link_base_hives, uvm_build_number
@@ -127,7 +126,7 @@ def _set_metadata(
         )
 
 
-class LegacyLayerWriter:
+class LegacyLayerWriter(LayerEntryWriter):
     """Expands one layer tar into a legacy layer directory (see the module docstring)."""
 
     def __init__(
@@ -147,34 +146,6 @@ class LegacyLayerWriter:
         self._directories: list[tuple[Path, WinTarEntry]] = []
         self._done = False
         self._created_dir = hostfiles.prepare_layer_dir(self.layer_dir)
-
-    def add_entry(self, entry: WinTarEntry) -> None:
-        self.entries += 1
-        try:
-            self._dispatch(entry)
-        except LayerError as err:
-            if err.offset is None:
-                err.path = Path(self.source_name) if self.source_name else err.path
-                err.offset = entry.offset
-                err.inner = err.inner or entry.stream_path
-            raise
-        except CimsnapError as err:
-            raise LayerError(
-                err.message, path=self.source_name, offset=entry.offset, inner=entry.stream_path
-            ) from err
-
-    def _dispatch(self, entry: WinTarEntry) -> None:
-        kind = entry.kind
-        if kind in (EntryKind.FILE, EntryKind.DIRECTORY, EntryKind.SYMLINK):
-            self._add(entry)
-        elif kind is EntryKind.STREAM:
-            self._add_stream(entry)
-        elif kind is EntryKind.HARDLINK:
-            self._add_link(entry)
-        elif kind is EntryKind.WHITEOUT:
-            self._remove(entry.path)
-        else:
-            self._opaque(entry.path)
 
     def _parent_dirs(self, path: str, entry: WinTarEntry) -> Path:
         host = _host(self.layer_dir, path)
@@ -379,16 +350,7 @@ def import_legacy_layer(
 ) -> ImportResult:
     """Expand the layer tar read from ``stream`` into a legacy layer directory."""
     writer = LegacyLayerWriter(layer_dir, parents, source_name=name)
-    try:
-        reader = WinTarReader(stream, name=name)
-        for entry in reader:
-            writer.add_entry(entry)
-            if progress is not None:
-                progress(reader.position)
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.close()
+    return write_layer(writer, stream, name=name, progress=progress)
 
 
 # --- export -----------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import grpc
 
 from cimsnap.errors import KIND_NOT_IMPLEMENTED, CimsnapError, NotFoundError, UsageError
 from cimsnap.layers.apply import apply_layer, layer_target
-from cimsnap.layers.blobs import check_digest
+from cimsnap.layers.blobs import PrefixedReader, check_digest
 from cimsnap.service.errors import to_status
 from cimsnap.service.proto import diff_content_pb2, diff_pb2, diff_types_pb2
 from cimsnap.snapshotter.model import Mount
@@ -147,36 +147,13 @@ class ContainerdContent:
         except BaseException:
             stream.close()
             raise
-        return io.BufferedReader(_Prepend(bytes(head[:got]), stream), 1 << 20)
+        return io.BufferedReader(PrefixedReader(bytes(head[:got]), stream, owns_rest=True), 1 << 20)
 
     def close(self) -> None:
         self.channel.close()
 
     def __repr__(self) -> str:
         return f"ContainerdContent({self.address!r})"
-
-
-class _Prepend(io.RawIOBase):
-    def __init__(self, head: bytes, rest: io.RawIOBase) -> None:
-        super().__init__()
-        self.head = head
-        self.rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        if self.head:
-            n = min(len(view), len(self.head))
-            view[:n] = self.head[:n]
-            self.head = self.head[n:]
-            return n
-        return self.rest.readinto(view)
-
-    def close(self) -> None:
-        self.rest.close()
-        super().close()
 
 
 class ContentSources:

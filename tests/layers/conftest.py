@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cimsnap.layers.cimlayer import ImportResult, import_cim_layer
+from cimsnap.layers.cimlayer import import_cim_layer
+from cimsnap.layers.entries import ImportResult
 from tests.images.builder import LayerSpec
 from tests.images.fixtures import image_specs_fixture, image_tars_fixture
 
