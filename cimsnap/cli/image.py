@@ -49,6 +49,13 @@ def byte_progress(
     if not enabled:
         yield lambda _done: None
         return
+    with _byte_bars() as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def _byte_bars() -> Any:
+    """rich progress bars on stderr for byte counts: description, bar, bytes, speed, ETA."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -66,9 +73,7 @@ def byte_progress(
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda done: bar.update(task, completed=done)
+    return Progress(*columns, console=Console(stderr=True))
 
 
 def register(subparsers: Any) -> None:
@@ -186,24 +191,7 @@ def _bars(image: Any, enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield Progress()
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-    from rich.progress import Progress as Bars
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Bars(*columns, console=Console(stderr=True)) as bars:
+    with _byte_bars() as bars:
         tasks = [
             bars.add_task(
                 f"layer {i + 1}/{len(image.layers)} {layer.descriptor.digest[7:19]}",

@@ -226,3 +226,24 @@ def test_unknown_ref(tmp_path: Path, oci, capsys) -> None:  # type: ignore[no-un
         )
     )
     assert report["chain_id"] == oci.chain_ids[-1]
+
+
+def test_progress_bars_name_each_layer_on_stderr(
+    tmp_path: Path, oci, image_tars: list[bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--progress`` draws rich bars on stderr (stdout stays the report) for both commands."""
+    root = tmp_path / "root"
+    capsys.readouterr()
+    assert cimsnap_main(["image", "unpack", str(oci.layout_dir), "--root", str(root),
+                         "--progress", "--json"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["chain_id"] == oci.chain_ids[-1]
+    for i, digest in enumerate(oci.layer_digests):
+        assert f"layer {i + 1}/3 {digest[7:19]}" in captured.err
+    assert "image" in captured.err
+
+    (tmp_path / "l1.tar").write_bytes(image_tars[0])
+    assert cimsnap_main(["layer", "import", str(tmp_path / "l1.tar"), str(tmp_path / "s" / "a"),
+                         "--progress"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert "l1.tar" in captured.err and "%" not in captured.out
