@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.containerd import NAMESPACE, SNAPSHOTTER_NAME, CimsnapService, Containerd
+from tests.e2e.containerd import (
+    NAMESPACE,
+    SNAPSHOTTER_NAME,
+    CimsnapService,
+    Containerd,
+    running,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,22 +40,14 @@ def e2e_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def cimsnap_service(e2e_dir: Path) -> Iterator[CimsnapService]:
-    service = CimsnapService(e2e_dir / "svc")
-    service.start()
-    try:
+    with running(CimsnapService(e2e_dir / "svc")) as service:
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="module")
 def containerd(e2e_dir: Path, cimsnap_service: CimsnapService) -> Iterator[Containerd]:
-    instance = Containerd(e2e_dir / "ctd", cimsnap_service.address)
-    instance.start()
-    try:
+    with running(Containerd(e2e_dir / "ctd", cimsnap_service.address)) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from tests.conftest import PROJECT_ROOT
 
@@ -60,6 +61,19 @@ def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout)
+
+
+_Process = TypeVar("_Process", "CimsnapService", "Containerd")
+
+
+@contextlib.contextmanager
+def running(process: _Process) -> Iterator[_Process]:
+    """Start ``process`` (a service or containerd), stop it on the way out."""
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 class CimsnapService:

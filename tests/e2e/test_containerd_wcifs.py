@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.containerd import CimsnapService, Containerd
+from tests.e2e.containerd import CimsnapService, Containerd, running
 from tests.e2e.test_containerd import backend_ids, unpack
 from tests.snapshotter.diskcheck import DiskChain
 
@@ -16,22 +16,14 @@ pytestmark = pytest.mark.tool
 
 @pytest.fixture(scope="module")
 def wcifs_service(e2e_dir: Path) -> Iterator[CimsnapService]:
-    service = CimsnapService(e2e_dir / "svc-wcifs", mode="wcifs")
-    service.start()
-    try:
+    with running(CimsnapService(e2e_dir / "svc-wcifs", mode="wcifs")) as service:
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="module")
 def wcifs_containerd(e2e_dir: Path, wcifs_service: CimsnapService) -> Iterator[Containerd]:
-    instance = Containerd(e2e_dir / "ctd-wcifs", wcifs_service.address)
-    instance.start()
-    try:
+    with running(Containerd(e2e_dir / "ctd-wcifs", wcifs_service.address)) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 def test_one_template_pair_per_base_layer(
