@@ -152,22 +152,26 @@ def copy_scratch(
     durable: bool = True,
     mode: int = 0o600,
     allow_reflink: bool = True,
+    staged: bool = True,
 ) -> CopyMethod:
     """Copy ``source`` to the new file ``dest`` (which must not exist); returns the method used.
 
     ``durable`` fsyncs the copy before it is renamed into place.  ``allow_reflink=False`` forces
-    the sparse copy (benchmarks, tests).
+    the sparse copy (benchmarks, tests).  ``staged=False`` writes ``dest`` itself, with no
+    temporary name (a failed copy is still removed): for a directory nothing trusts until the
+    caller commits it, where the two extra directory operations would only cost time.
     """
     source, dest = Path(source), Path(dest)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}") if staged else dest
     try:
         src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as err:
         raise CopyError(f"failed to open {source}: {err.strerror}", path=source) from err
     try:
         size = os.fstat(src_fd).st_size
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()  # left over by a killed copy of this same process id
+        if staged:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()  # left over by a killed copy of this same process id
         try:
             dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         except OSError as err:
@@ -186,6 +190,8 @@ def copy_scratch(
                 f"failed to copy {source} to {dest}: {err.strerror or err}", path=dest
             ) from err
         os.close(dst_fd)
+        if not staged:
+            return method
         try:
             _place(tmp, dest)
         except OSError as err:

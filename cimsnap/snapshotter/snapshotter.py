@@ -332,7 +332,8 @@ class CimFSSnapshotter:
 
     def _copy(self, source: Path, dest: Path) -> None:
         # durable=False: _sync_new_snapshot syncs every new file at once before the commit
-        copy_scratch(source, dest, durable=False, allow_reflink=self.allow_reflink)
+        # staged=False: the snapshot directory is garbage until the metadata commits (Cleanup)
+        copy_scratch(source, dest, durable=False, allow_reflink=self.allow_reflink, staged=False)
 
     # -- reading -------------------------------------------------------------------------------
 

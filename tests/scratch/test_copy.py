@@ -36,12 +36,13 @@ def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if ".tmp-" in p.name)
 
 
-def test_sparse_copy_keeps_content_and_holes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("staged", [True, False])
+def test_sparse_copy_keeps_content_and_holes(tmp_path: Path, staged: bool) -> None:
     src = tmp_path / "blank.vhdx"
     extents = [(0, os.urandom(64 * KIB)), (MIB + 100, b"x" * 5000), (5 * MIB, os.urandom(70000))]
     write_sparse(src, 8 * MIB, extents)
     dst = tmp_path / "sandbox.vhdx"
-    method = copy_scratch(src, dst, allow_reflink=False)
+    method = copy_scratch(src, dst, allow_reflink=False, staged=staged)
     assert method is CopyMethod.SPARSE
     assert dst.read_bytes() == src.read_bytes()
     assert allocated(dst) <= allocated(src) < MIB
@@ -91,11 +92,12 @@ def test_any_layout_copies_exactly(extents: list[tuple[int, bytes]], tail: int) 
         assert dst.read_bytes() == src.read_bytes()
 
 
-def test_refuses_to_replace_an_existing_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("staged", [True, False])
+def test_refuses_to_replace_an_existing_file(tmp_path: Path, staged: bool) -> None:
     (tmp_path / "src").write_bytes(b"new")
     (tmp_path / "dst").write_bytes(b"old")
     with pytest.raises(CopyError) as err:
-        copy_scratch(tmp_path / "src", tmp_path / "dst")
+        copy_scratch(tmp_path / "src", tmp_path / "dst", staged=staged)
     assert (tmp_path / "dst").read_bytes() == b"old"
     assert str(tmp_path / "dst") in str(err.value)
     assert leftovers(tmp_path) == []
@@ -108,14 +110,17 @@ def test_missing_source_is_one_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "dst").exists()
 
 
-def test_failure_half_way_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("staged", [True, False])
+def test_failure_half_way_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, staged: bool
+) -> None:
     def disk_full(*args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(copy_module.os, "copy_file_range", disk_full)
     (tmp_path / "src").write_bytes(os.urandom(100 * KIB))
     with pytest.raises(CopyError, match="No space left"):
-        copy_scratch(tmp_path / "src", tmp_path / "dst", allow_reflink=False)
+        copy_scratch(tmp_path / "src", tmp_path / "dst", allow_reflink=False, staged=staged)
     assert not (tmp_path / "dst").exists() and leftovers(tmp_path) == []
 
 
