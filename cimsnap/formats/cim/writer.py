@@ -36,6 +36,7 @@ import hashlib
 import heapq
 import os
 import secrets
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -192,14 +193,31 @@ class _Region:
         self._batch = bytearray()  # bytes from file offset self._batch_at on, not written yet
         self._batch_at = self.end
         self._writeback_from = 0  # where the next early writeback starts
+        self._writeback: threading.Thread | None = None
 
     def start_writeback(self) -> None:
-        """Hand the written part of the file to the kernel's writeback (see WRITEBACK_STEP)."""
+        """Hand the written part of the file to the kernel's writeback (see WRITEBACK_STEP).
+
+        In a thread of its own: sync_file_range waits while the device queue is full (tens of
+        milliseconds), and ctypes calls run without the interpreter lock.  One at a time; a
+        range skipped while one runs goes with the next.
+        """
         upto = self.end - WRITEBACK_LAG
         if upto - self._writeback_from < WRITEBACK_STEP:
             return
-        start_writeback(self.fd, self._writeback_from, upto - self._writeback_from)
+        if self._writeback is not None and self._writeback.is_alive():
+            return
+        offset, length = self._writeback_from, upto - self._writeback_from
+        self._writeback = threading.Thread(
+            target=start_writeback, args=(self.fd, offset, length), name="cim-writeback"
+        )
+        self._writeback.start()
         self._writeback_from = upto
+
+    def _end_writeback(self) -> None:
+        if self._writeback is not None:
+            self._writeback.join()
+            self._writeback = None
 
     def next_offset(self) -> int:
         return _align(self.end, self.alignment)
@@ -226,6 +244,7 @@ class _Region:
             self._batch.clear()
 
     def finish(self, durable: bool) -> None:
+        self._end_writeback()
         self.flush()
         final = _align(self.end, PAGE_SIZE) if self.region_type == RegionType.DATA else self.end
         os.ftruncate(self.fd, final)
@@ -235,6 +254,7 @@ class _Region:
         self.fd = -1
 
     def close(self) -> None:
+        self._end_writeback()  # (its descriptor must stay open until it is done)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
