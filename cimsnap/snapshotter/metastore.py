@@ -312,6 +312,15 @@ class Transaction:
         return {str(i): str(n) for i, n in rows}
 
 
+def _is_busy(err: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED (by code where Python has it, else by SQLite's message)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    text = str(err)
+    return "database is locked" in text or "database table is locked" in text
+
+
 class MetaStore:
     """The metadata database of one snapshotter root (storage.MetaStore)."""
 
@@ -345,35 +354,54 @@ class MetaStore:
 
     def _initialize(self) -> None:
         conn = self._connect()
-        try:
-            # WAL is a property of the file; switching needs no other connection in the middle
-            # of a transaction, which BEGIN IMMEDIATE below would otherwise wait for anyway.
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise MetaStoreError(f"cannot switch database to WAL (got {mode})", path=self.path)
-            conn.execute("BEGIN IMMEDIATE")
+        # Two processes opening a fresh root at once: SQLite can answer "database is locked"
+        # straight away (no busy handler) while the other one switches the new file to WAL or
+        # recovers it, so that case is retried here until the busy timeout.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
             try:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-                if row is None:
-                    conn.execute(
-                        "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-                    )
-                elif row[0] != str(SCHEMA_VERSION):
-                    raise MetaStoreError(
-                        f"metadata schema version {row[0]} is not supported"
-                        f" (expected {SCHEMA_VERSION})",
-                        path=self.path,
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        except sqlite3.DatabaseError as err:
-            raise MetaStoreError(f"not a usable metadata database: {err}", path=self.path) from err
+                self._create_schema(conn)
+                break
+            except sqlite3.OperationalError as err:
+                if _is_busy(err) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+                raise MetaStoreError(
+                    f"not a usable metadata database: {err}", path=self.path
+                ) from err
+            except sqlite3.DatabaseError as err:
+                raise MetaStoreError(
+                    f"not a usable metadata database: {err}", path=self.path
+                ) from err
         self._local.conn = conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        # WAL is a property of the file; switching needs no other connection in the middle
+        # of a transaction, which BEGIN IMMEDIATE below would otherwise wait for anyway.
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise MetaStoreError(f"cannot switch database to WAL (got {mode})", path=self.path)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif row[0] != str(SCHEMA_VERSION):
+                raise MetaStoreError(
+                    f"metadata schema version {row[0]} is not supported"
+                    f" (expected {SCHEMA_VERSION})",
+                    path=self.path,
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:

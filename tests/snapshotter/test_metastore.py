@@ -387,3 +387,51 @@ def test_fast_store_syncs_only_when_asked(tmp_path: Path) -> None:
             assert tx._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     finally:
         durable.close()
+
+
+def test_a_fresh_database_busy_at_open_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes opening a fresh root at once: SQLite may answer "database is locked" at
+    once (both switching the new file to WAL); opening retries instead of failing."""
+    real = MetaStore._create_schema
+    answers = iter([sqlite3.OperationalError("database is locked")] * 3)
+
+    def busy_then_real(self: MetaStore, conn: sqlite3.Connection) -> None:
+        error = next(answers, None)
+        if error is not None:
+            raise error
+        real(self, conn)
+
+    monkeypatch.setattr(MetaStore, "_create_schema", busy_then_real)
+    store = MetaStore(tmp_path / "metadata.db")
+    try:
+        with store.transaction(writable=True) as tx:
+            tx.create_snapshot(Kind.ACTIVE, "a", "", {})
+    finally:
+        store.close()
+
+
+def test_other_open_errors_are_not_retried(tmp_path: Path) -> None:
+    (tmp_path / "metadata.db").write_bytes(b"not a database at all, " * 100)
+    with pytest.raises(MetaStoreError, match=r"metadata\.db: .*metadata database.*not a database"):
+        MetaStore(tmp_path / "metadata.db")
+
+
+def test_many_processes_open_one_fresh_database(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(6)
+    procs = [
+        ctx.Process(target=_open_after_barrier, args=(tmp_path / "metadata.db", barrier))
+        for _ in range(6)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    assert [proc.exitcode for proc in procs] == [0] * 6
+
+
+def _open_after_barrier(path: Path, barrier: threading.Barrier) -> None:
+    barrier.wait()
+    MetaStore(path).close()
