@@ -149,7 +149,8 @@ def test_both_copies_damaged() -> None:
     dev = MemoryDevice(32 * MiB)
     write_gpt(dev, _two_partition_table(dev.size))
     dev.write_at(512 + 24, b"\x07")  # primary my_lba
-    dev.write_at(dev.size - 512 + 60, b"\x01")  # backup header CRC
+    crc_at = dev.size - 512 + 16  # the backup header's CRC32 field: flipped, so always wrong
+    dev.write_at(crc_at, bytes([dev.read_at(crc_at, 1)[0] ^ 0xFF]))
     with pytest.raises(GptError, match="primary GPT header CRC32 mismatch; backup"):
         read_gpt(dev)
 
