@@ -45,7 +45,13 @@ def random_work(sn: CimFSSnapshotter, rng: random.Random) -> None:
         n += 1
         names = {i.name: i for i in sn.walk()}
         committed = [k for k, i in names.items() if i.kind is Kind.COMMITTED]
-        leaves = [k for k in names if not any(i.parent == k for i in names.values())]
+        # base0 and base1 are never removed: the next round starts from base1 (main() cannot
+        # make it again while base0 is there), and each round must leave committed layers.
+        leaves = [
+            k
+            for k in names
+            if k not in ("base0", "base1") and not any(i.parent == k for i in names.values())
+        ]
         choice = rng.random()
         try:
             if choice < 0.2 or not committed:

@@ -154,6 +154,7 @@ def test_truncated_extended_header_in_short_pieces(step: int) -> None:
         list(WinTarReader(_Trickle(tar[:padding_cut], step)))
 
 
+@settings(deadline=None)
 @given(st.binary(min_size=BLOCK_SIZE, max_size=BLOCK_SIZE))
 def test_byte_sum_of_a_block(block: bytes) -> None:
     assert _byte_sum(block) == sum(block)
@@ -170,6 +171,7 @@ def test_pax_time_accepts_ascii_digits_only(text: str) -> None:
         parse_pax_time(text)
 
 
+@settings(deadline=None)
 @given(st.integers(-(10**12), 10**12), st.text("0123456789", max_size=12))
 def test_pax_time_fraction_is_truncated_to_nanoseconds(seconds: int, fraction: str) -> None:
     text = f"{seconds}.{fraction}"

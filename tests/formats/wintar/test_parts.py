@@ -7,7 +7,7 @@ import struct
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cimsnap.formats.wintar import (
@@ -110,6 +110,7 @@ def test_decode_junction_without_print_name() -> None:
     assert decode_reparse_point(buf) == ReparsePoint("C:\\Data", True)
 
 
+@settings(deadline=None)
 @given(
     st.text(
         st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
@@ -156,6 +157,7 @@ def test_ea_buffer_layout() -> None:
     assert decode_ea_buffer(encode_ea_buffer(eas)) == eas
 
 
+@settings(deadline=None)
 @given(
     st.lists(
         st.builds(
@@ -233,6 +235,7 @@ def test_pax_time_malformed(text: str) -> None:
         parse_pax_time(text)
 
 
+@settings(deadline=None)
 @given(st.integers(-(10**20), 10**20))
 def test_pax_time_round_trip(ns: int) -> None:
     assert parse_pax_time(format_pax_time(ns)) == ns
