@@ -1,10 +1,12 @@
-"""Helpers shared by the command modules: sizes, JSON output, progress."""
+"""Helpers shared by the command modules: sizes, JSON output, the local snapshotter root."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from cimsnap.errors import UsageError
@@ -43,3 +45,25 @@ def print_json(obj: Any) -> None:
     """Stable JSON: sorted keys, two-space indent, trailing newline."""
     json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+def add_root_arguments(parser: argparse.ArgumentParser, *, mode: bool = True) -> None:
+    """``--root`` (a snapshotter root, default the service's) and, with ``mode``, ``--mode``."""
+    from cimsnap.service.server import default_root
+
+    parser.add_argument(
+        "--root", type=Path, default=None, help=f"snapshotter root (default {default_root()})"
+    )
+    if mode:
+        parser.add_argument("--mode", choices=("cimfs", "wcifs"), default="cimfs")
+
+
+def open_local_snapshotter(args: argparse.Namespace) -> Any:
+    """The snapshotter at ``args.root`` for local commands (see :func:`add_root_arguments`).
+
+    The scratch template is made when a container snapshot first needs it, not for ``ls``.
+    """
+    from cimsnap.service.server import default_root
+    from cimsnap.snapshotter.snapshotter import CimFSSnapshotter
+
+    return CimFSSnapshotter(args.root or default_root(), mode=args.mode, template_at_start=False)

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cimsnap.cli.common import human_size, print_json
+from cimsnap.cli.common import add_root_arguments, human_size, open_local_snapshotter, print_json
 
 # containerd's GC root label (pkg/gc): snapshots carrying it are never collected.
 GC_ROOT_LABEL = "containerd.io/gc.root"
@@ -77,8 +77,6 @@ def _byte_bars() -> Any:
 
 
 def register(subparsers: Any) -> None:
-    from cimsnap.service.server import default_root
-
     parser = subparsers.add_parser(
         "image",
         help="unpack an OCI image layout into the snapshotter (as containerd's unpacker does)",
@@ -90,10 +88,7 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("unpack", help="unpack an OCI image layout's layers as CimFS layers")
     p.add_argument("layout", metavar="OCI_LAYOUT", type=Path)
     p.add_argument("--ref", default=None, help="image name or tag in the layout's index")
-    p.add_argument(
-        "--root", type=Path, default=None, help=f"snapshotter root (default {default_root()})"
-    )
-    p.add_argument("--mode", choices=("cimfs", "wcifs"), default="cimfs")
+    add_root_arguments(p)
     p.add_argument(
         "--address", default=None, help="snapshots API socket (containerd's, or cimsnap serve's)"
     )
@@ -122,10 +117,7 @@ def _snapshots(args: argparse.Namespace) -> Iterator[Any]:
         finally:
             client.close()
         return
-    from cimsnap.service.server import default_root
-    from cimsnap.snapshotter.snapshotter import CimFSSnapshotter
-
-    sn = CimFSSnapshotter(args.root or default_root(), mode=args.mode, template_at_start=False)
+    sn = open_local_snapshotter(args)
     try:
         yield sn
     finally:

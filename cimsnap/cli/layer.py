@@ -48,14 +48,7 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("import", help="import a layer tar into LAYERDIR and its CIM")
     p.add_argument("tar", metavar="TAR", help="layer tar (gzip/zstd recognised), - for stdin")
     p.add_argument("layer_dir", metavar="LAYERDIR", type=Path)
-    p.add_argument(
-        "--parent",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="PARENTDIR",
-        help="parent layer directory (repeat, nearest first)",
-    )
+    _add_parent_dirs(p)
     p.add_argument("--legacy", action="store_true", help="write the expanded (wcifs) layout")
     p.add_argument("--json", action="store_true")
     p.add_argument(
@@ -69,14 +62,7 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("export", help="export a layer as a tar")
     p.add_argument("layer_dir", metavar="LAYERDIR", type=Path)
     p.add_argument("tar", metavar="TAR", help="output tar, - for stdout")
-    p.add_argument(
-        "--parent",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="PARENTDIR",
-        help="parent layer directory (repeat, nearest first)",
-    )
+    _add_parent_dirs(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_export)
 
@@ -205,3 +191,14 @@ def _export(args: argparse.Namespace) -> int:
             f"{result.whiteouts} whiteouts, {human_size(result.bytes)}) to {args.tar}"
         )
     return 0
+
+
+def _add_parent_dirs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--parent",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PARENTDIR",
+        help="parent layer directory (repeat, nearest first)",
+    )

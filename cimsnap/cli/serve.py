@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cimsnap.cli.common import size_arg
+from cimsnap.cli.common import add_root_arguments, size_arg
 
 log = logging.getLogger("cimsnap.service.server")
 
@@ -25,7 +25,7 @@ SHUTDOWN_DIAGNOSE_AFTER = 8.0
 
 
 def register(subparsers: Any) -> None:
-    from cimsnap.service.server import DEFAULT_WORKERS, PLUGIN_NAME, default_address, default_root
+    from cimsnap.service.server import DEFAULT_WORKERS, PLUGIN_NAME, default_address
 
     parser = subparsers.add_parser(
         "serve",
@@ -33,9 +33,7 @@ def register(subparsers: Any) -> None:
         description=(__doc__ or "").replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--root", type=Path, default=None, help=f"snapshotter root (default {default_root()})"
-    )
+    add_root_arguments(parser, mode=False)
     parser.add_argument(
         "--address",
         type=Path,

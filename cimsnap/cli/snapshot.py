@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-from pathlib import Path
 from typing import Any
 
-from cimsnap.cli.common import human_size, print_json
+from cimsnap.cli.common import add_root_arguments, human_size, open_local_snapshotter, print_json
 from cimsnap.errors import UsageError
 
 
@@ -36,18 +35,13 @@ def _labels(pairs: list[str] | None) -> dict[str, str]:
 
 
 def register(subparsers: Any) -> None:
-    from cimsnap.service.server import default_root
-
     parser = subparsers.add_parser(
         "snapshot",
         help="prepare, commit, list and remove snapshots in a snapshotter root",
         description=(__doc__ or "").replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--root", type=Path, default=None, help=f"snapshotter root (default {default_root()})"
-    )
-    parser.add_argument("--mode", choices=("cimfs", "wcifs"), default="cimfs")
+    add_root_arguments(parser)
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     sub.required = True
 
@@ -97,14 +91,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_cleanup)
 
 
-def _open(args: argparse.Namespace) -> Any:
-    from cimsnap.service.server import default_root
-    from cimsnap.snapshotter.snapshotter import CimFSSnapshotter
-
-    # The template is made when a container snapshot first needs it, not for `ls` or `rm`.
-    return CimFSSnapshotter(args.root or default_root(), mode=args.mode, template_at_start=False)
-
-
 def _info_json(info: Any) -> dict[str, Any]:
     def iso(ns: int) -> str:
         return datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC).isoformat()
@@ -130,7 +116,7 @@ def _print_mounts(mounts: Any) -> None:
 
 def _create(args: argparse.Namespace) -> int:
     labels = _labels(args.label)
-    with _open(args) as sn:
+    with open_local_snapshotter(args) as sn:
         fn = sn.prepare if args.action == "prepare" else sn.view
         mounts = fn(args.key, args.parent, labels)
     if args.json:
@@ -141,20 +127,20 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _commit(args: argparse.Namespace) -> int:
-    with _open(args) as sn:
+    with open_local_snapshotter(args) as sn:
         sn.commit(args.name, args.key, _labels(args.label))
     return 0
 
 
 def _remove(args: argparse.Namespace) -> int:
-    with _open(args) as sn:
+    with open_local_snapshotter(args) as sn:
         for key in args.keys:
             sn.remove(key)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    with _open(args) as sn:
+    with open_local_snapshotter(args) as sn:
         infos = list(sn.walk(args.filter or []))
     if args.json:
         print_json([_info_json(i) for i in infos])
@@ -167,13 +153,13 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    with _open(args) as sn:
+    with open_local_snapshotter(args) as sn:
         print_json(_info_json(sn.stat(args.key)))
     return 0
 
 
 def _mounts(args: argparse.Namespace) -> int:
-    with _open(args) as sn:
+    with open_local_snapshotter(args) as sn:
         mounts = sn.mounts(args.key)
     if args.json:
         print_json(_mounts_json(mounts))
@@ -183,7 +169,7 @@ def _mounts(args: argparse.Namespace) -> int:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    with _open(args) as sn:
+    with open_local_snapshotter(args) as sn:
         keys = args.keys or [i.name for i in sn.walk()]
         usages = {key: sn.usage(key) for key in keys}
     if args.json:
@@ -199,7 +185,7 @@ def _label(args: argparse.Namespace) -> int:
     from cimsnap.snapshotter.model import Info
 
     labels = _labels(args.labels)
-    with _open(args) as sn:
+    with open_local_snapshotter(args) as sn:
         if labels:
             info = sn.update(Info(name=args.key, labels=labels), [f"labels.{k}" for k in labels])
         else:
@@ -209,7 +195,7 @@ def _label(args: argparse.Namespace) -> int:
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    with _open(args) as sn:
+    with open_local_snapshotter(args) as sn:
         for action in sn.cleanup():
             print(action)
     return 0
