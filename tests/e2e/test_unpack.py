@@ -26,6 +26,7 @@ from tests.e2e.containerd import NAMESPACE, SNAPSHOTTER_NAME, CimsnapService, Co
 from tests.images.builder import LayerSpec, pack_oci_layout
 from tests.images.fixtures import image_specs_fixture, image_tars_fixture
 from tests.images.model import assert_cim_matches, expected_trees, fold
+from tests.snapshotter.diskcheck import libvhdi_link
 
 pytestmark = pytest.mark.tool
 __all__ = ["image_specs_fixture", "image_tars_fixture"]  # fixtures used below
@@ -61,20 +62,7 @@ def cimsnap_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def vhdx_parent(path: Path) -> Path:
     """The parent a differencing VHDX resolves to, per libvhdi (cross-checked with cimsnap)."""
-    import pyvhdi
-
-    disk = pyvhdi.file()
-    disk.open(str(path))
-    try:
-        named = Path(disk.get_parent_filename())
-        parent = pyvhdi.file()
-        parent.open(str(named))
-        try:
-            assert disk.parent_identifier == parent.identifier
-        finally:
-            parent.close()
-    finally:
-        disk.close()
+    named, _ = libvhdi_link(path)
     assert Path(vhdx.info(path)["parent"]["resolved_path"]) == named
     return named
 
